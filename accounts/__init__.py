@@ -1,0 +1,1 @@
+"""Accounts: email + password users and expiring API tokens."""

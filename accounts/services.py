@@ -1,0 +1,74 @@
+"""Writes for accounts: signup, login (token issue) and logout (token revocation)."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from rest_framework.authtoken.models import Token
+
+from accounts.authentication import token_expiry_cutoff
+from accounts.models import User, normalize_email
+from common.errors import ApplicationError, ConflictError
+from resilience.db_routing import current_alias
+
+
+class EmailTakenError(ConflictError):
+    code = "email_taken"
+    title = "Email already registered"
+
+
+class InvalidCredentialsError(ApplicationError):
+    status = 401
+    code = "invalid_credentials"
+    title = "Invalid credentials"
+
+
+class WeakPasswordError(ApplicationError):
+    code = "invalid"
+    title = "The request has invalid fields."
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(extra={"errors": {"password": messages}})
+
+
+def user_signup(*, email: str, password: str) -> User:
+    """Create a user; the unique constraint, not a prior lookup, decides a duplicate."""
+    email = normalize_email(email)
+    try:
+        validate_password(password, user=User(email=email))
+    except DjangoValidationError as exc:
+        raise WeakPasswordError(list(exc.messages)) from exc
+    try:
+        with transaction.atomic(using=current_alias()):
+            return User.objects.create_user(email=email, password=password)
+    except IntegrityError as exc:
+        raise EmailTakenError("An account with this email already exists.") from exc
+
+
+def auth_login(*, email: str, password: str) -> Token:
+    """Return a valid token for the credentials, or one uniform 401.
+
+    ``authenticate`` hashes a dummy password when the email is unknown, so the answer
+    takes as long for a missing account as for a wrong password: accounts cannot be
+    enumerated by content or by timing.
+    """
+    user = authenticate(username=normalize_email(email), password=password)
+    if user is None:
+        raise InvalidCredentialsError("Email or password is incorrect.")
+    with transaction.atomic(using=current_alias()):
+        Token.objects.filter(user=user, created__lt=token_expiry_cutoff()).delete()
+        token, _ = Token.objects.get_or_create(user=user)
+    return token
+
+
+def auth_logout(*, token: Token) -> None:
+    """Revoke the token used for this request."""
+    Token.objects.filter(pk=token.pk).delete()
+
+
+def tokens_purge_expired() -> int:
+    """Delete expired tokens; return how many were deleted."""
+    deleted, _ = Token.objects.filter(created__lt=token_expiry_cutoff()).delete()
+    return deleted

@@ -1,0 +1,1 @@
+"""Project-wide plumbing: the error model, request ids, JSON logs, health endpoints."""

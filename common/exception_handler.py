@@ -1,0 +1,87 @@
+"""The one DRF exception handler: every error becomes an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
+from django.http import Http404
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from common.errors import (
+    PROBLEM_CONTENT_TYPE,
+    ApplicationError,
+    DependencyUnavailableError,
+    problem_body,
+)
+from common.request_context import current_request_id
+
+logger = logging.getLogger(__name__)
+
+
+def _translate(exc: Exception) -> Exception:
+    """Map Django and database exceptions onto DRF or domain ones."""
+    if isinstance(exc, Http404):
+        return drf.NotFound()
+    if isinstance(exc, PermissionDenied):
+        return drf.PermissionDenied()
+    if isinstance(exc, RequestDataTooBig):
+        return _BodyTooLarge()
+    if isinstance(exc, OperationalError | InterfaceError):
+        # Connection refused, pool timeout, statement timeout: the database cannot serve
+        # this request now. Fail fast with a hint instead of a 500.
+        logger.warning("database unavailable", extra={"error": type(exc).__name__})
+        return DependencyUnavailableError(
+            "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
+        )
+    return exc
+
+
+class _BodyTooLarge(drf.APIException):
+    status_code = 413
+    default_detail = "The request body is too large."
+    default_code = "body_too_large"
+
+
+def _drf_problem(exc: drf.APIException) -> tuple[dict[str, Any], dict[str, str]]:
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, drf.ValidationError):
+        code, detail = "invalid", "The request has invalid fields."
+        extra["errors"] = (
+            exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        )
+    else:
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        detail = str(exc.detail)
+    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
+        headers["WWW-Authenticate"] = 'Token realm="api"'
+    if getattr(exc, "wait", None) is not None:
+        headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+    body = problem_body(status=exc.status_code, code=code, detail=detail, extra=extra)
+    return body, headers
+
+
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Render ``exc`` as problem+json; return None (a 500) only for unexpected errors."""
+    exc = _translate(exc)
+    if isinstance(exc, ApplicationError):
+        body = problem_body(
+            status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, extra=exc.extra
+        )
+        headers = exc.headers
+    elif isinstance(exc, drf.APIException):
+        body, headers = _drf_problem(exc)
+    else:
+        return None
+    request = context.get("request")
+    if request is not None:
+        body["instance"] = request.path
+    body["request_id"] = current_request_id()
+    set_rollback()
+    return Response(body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE)

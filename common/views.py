@@ -1,0 +1,81 @@
+"""Health endpoints and Django's error handlers, all answering JSON."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from common.responses import problem_response
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Never touches a dependency."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_postgres() -> None:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _check_redis() -> None:
+    # The cache client carries the cache's connect and socket timeouts (tens of ms).
+    cache._cache.get_client(write=True).ping()
+
+
+READINESS_CHECKS: dict[str, Callable[[], None]] = {
+    "postgres": _check_postgres,
+    "redis": _check_redis,
+}
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: each dependency checked with its short timeouts.
+
+    Only dependencies in ``HEALTH_CRITICAL_DEPENDENCIES`` make the instance unready
+    (503). Redis down is a degraded mode (cache bypassed, local rate limits), and taking
+    every instance out of the load balancer for it would turn degradation into an outage.
+    """
+    checks = {}
+    for name, check in READINESS_CHECKS.items():
+        started = time.perf_counter()
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+            checks[name] = {"ok": False, "error": type(exc).__name__}
+        else:
+            checks[name] = {"ok": True}
+        checks[name]["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    critical = settings.HEALTH_CRITICAL_DEPENDENCIES
+    unavailable = [name for name, result in checks.items() if not result["ok"]]
+    ready = not any(name in critical for name in unavailable)
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "degraded": sorted(name for name in unavailable if name not in critical),
+        "checks": checks,
+    }
+    response = JsonResponse(body, status=200 if ready else 503)
+    if not ready:
+        response["Retry-After"] = str(settings.API_UNAVAILABLE_RETRY_AFTER_S)
+    return response
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return problem_response(request, status=400, code="bad_request")
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return problem_response(request, status=403, code="permission_denied")
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return problem_response(request, status=404, code="not_found", detail="No such resource.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return problem_response(request, status=500, code="server_error")

@@ -1,0 +1,31 @@
+"""gunicorn settings for the web process (gthread workers).
+
+Every number comes from the environment with a documented default (README table).
+"""
+
+import os
+
+from prometheus_client import multiprocess
+
+bind = f"{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+# A request that outlives this is killed; the request deadline (settings) is shorter.
+timeout = int(os.environ.get("WEB_TIMEOUT_S", "30"))
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT_S", "20"))
+keepalive = 5
+# Bounded accept queue: under overload new connections are refused at the socket instead
+# of waiting behind thousands of others.
+backlog = int(os.environ.get("WEB_BACKLOG", "256"))
+accesslog = "-"
+access_log_format = (
+    '{"event":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s,'
+    '"request_id":"%({x-request-id}o)s"}'
+)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the multiprocess metrics directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)

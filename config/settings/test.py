@@ -1,0 +1,19 @@
+"""The test suite: the real Postgres and Redis, isolated per run.
+
+Each run may pick its own database (``DATABASE_URL``; pytest-django prefixes the name
+with ``test_``) and Redis database (``REDIS_URL``, default db 15 so a running `make run`
+stack on db 0 never consumes the suite's tasks).
+"""
+
+import os
+
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+
+from config.settings.base import *
+
+DEBUG = False
+# Fast hashing: the suite creates many users; production keeps the default hasher.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CACHES["default"]["KEY_PREFIX"] = f"test-{CACHE_KEY_PREFIX}"
+# Tests do not run collectstatic; serve assets without the manifest.
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"

@@ -1,0 +1,64 @@
+"""Thin views over the order services and selectors."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from common.pagination import BoundedPageNumberPagination
+from orders import selectors, services
+from orders.serializers import (
+    OrderCreateInputSerializer,
+    OrderOutputSerializer,
+    OrderReportInputSerializer,
+    OrderReportOutputSerializer,
+)
+
+
+class OrderListCreateApi(APIView):
+    @extend_schema(
+        request=OrderCreateInputSerializer,
+        responses={201: OrderOutputSerializer},
+        operation_id="orders_create",
+    )
+    def post(self, request: Request) -> Response:
+        data = OrderCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        order = services.order_create(owner=request.user, **data.validated_data)
+        return Response(OrderOutputSerializer(order).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={200: OrderOutputSerializer(many=True)},
+        parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+        operation_id="orders_list",
+    )
+    def get(self, request: Request) -> Response:
+        paginator = BoundedPageNumberPagination()
+        page = paginator.paginate_queryset(
+            selectors.order_list(owner=request.user), request, view=self
+        )
+        return paginator.get_paginated_response(OrderOutputSerializer(page, many=True).data)
+
+
+class OrderDetailApi(APIView):
+    @extend_schema(responses={200: OrderOutputSerializer})
+    def get(self, request: Request, order_id: UUID) -> Response:
+        order = selectors.order_get(owner=request.user, order_id=order_id)
+        return Response(OrderOutputSerializer(order).data)
+
+
+class OrderReportApi(APIView):
+    @extend_schema(
+        parameters=[OrderReportInputSerializer], responses={200: OrderReportOutputSerializer}
+    )
+    def get(self, request: Request) -> Response:
+        params = OrderReportInputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        days = params.validated_data["days"]
+        rows = selectors.order_report(owner=request.user, days=days)
+        return Response(OrderReportOutputSerializer({"days": days, "rows": rows}).data)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ResilienceConfig(AppConfig):
+    name = "resilience"
+    verbose_name = "Resilience"

@@ -1,0 +1,155 @@
+"""Run the whole local stack in the foreground: every process of the Procfile.
+
+Why not honcho/foreman: we also need to wipe the Prometheus multiprocess directory
+before start, wait until the web process is ready before printing the URLs, and stop
+everything (process groups included) when any one process dies, so that `make run`
+never leaves half a stack running. That is about a hundred lines.
+
+Usage: python scripts/devstack.py [--procfile Procfile] [--only web,beat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+READY_TIMEOUT_S = 60
+STOP_GRACE_S = 15
+COLORS = ["36", "33", "35", "32", "34", "31", "96", "93"]
+
+
+def read_procfile(path: Path) -> dict[str, str]:
+    """Parse ``name: command`` lines, skipping blanks and comments."""
+    processes = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            processes[name.strip()] = command.strip()
+    return processes
+
+
+def pump(name: str, color: str, stream, width: int) -> None:
+    """Copy a child's output to ours, each line prefixed with the process name."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        sys.stdout.write(f"\033[{color}m{name:<{width}} |\033[0m {line}\n")
+        sys.stdout.flush()
+
+
+def wait_ready(url: str, deadline: float) -> bool:
+    """Poll ``url`` until it answers 200 or the deadline passes."""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def start_children(processes: dict[str, str], env: dict[str, str]) -> dict[str, subprocess.Popen]:
+    """Start each process in its own process group, its output prefixed with its name."""
+    metrics_dir = RUN_DIR / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files from dead pids would add up
+    width = max(len(n) for n in processes)
+    children = {}
+    for index, (name, command) in enumerate(processes.items()):
+        child_env = dict(env)
+        if name == "web":
+            (metrics_dir / name).mkdir(parents=True)
+            child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir / name)
+        child = subprocess.Popen(  # noqa: S602 - the Procfile is ours; it needs the shell
+            command,
+            shell=True,
+            cwd=ROOT,
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so we can stop all its children
+        )
+        children[name] = child
+        color = COLORS[index % len(COLORS)]
+        threading.Thread(target=pump, args=(name, color, child.stdout, width), daemon=True).start()
+    return children
+
+
+def announce(env: dict[str, str]) -> bool:
+    """Wait for the web process, then print where everything is."""
+    base = f"http://{env.get('WEB_HOST', '127.0.0.1')}:{env.get('WEB_PORT', '8000')}"
+    if not wait_ready(f"{base}/healthz", time.monotonic() + READY_TIMEOUT_S):
+        print(f"web did not become ready within {READY_TIMEOUT_S} s", flush=True)
+        return False
+    print(
+        f"\nReady.\n  API docs  {base}/api/docs/\n  Admin     {base}/admin/\n"
+        f"  Metrics   {base}/metrics\n  Readiness {base}/readyz\nCtrl-C stops everything.\n",
+        flush=True,
+    )
+    return True
+
+
+def supervise(children: dict[str, subprocess.Popen], stopping: threading.Event) -> int:
+    """Block until asked to stop or until any process exits (then stop the rest)."""
+    while not stopping.is_set():
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"{name} exited with {child.returncode}; stopping the stack", flush=True)
+                return 1
+        stopping.wait(0.5)
+    return 0
+
+
+def stop_all(children: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM every process group, SIGKILL what is left after the grace period."""
+    for child in children.values():
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--procfile", default=str(ROOT / "Procfile"))
+    parser.add_argument("--only", default="", help="comma-separated process names")
+    args = parser.parse_args()
+
+    processes = read_procfile(Path(args.procfile))
+    if args.only:
+        processes = {n: c for n, c in processes.items() if n in args.only.split(",")}
+    RUN_DIR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    children = start_children(processes, env)
+    try:
+        if "web" in children and not announce(env):
+            return 1
+        return supervise(children, stopping)
+    finally:
+        stop_all(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

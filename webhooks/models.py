@@ -1,0 +1,1 @@
+"""Webhook endpoints, outbox events and deliveries arrive with the webhooks feature."""
