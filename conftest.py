@@ -8,6 +8,9 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
+# Rate-limit fixtures: unique bucket keys per test (autouse), fake clock, own Redis.
+pytest_plugins = ["resilience.ratelimit.testing"]
+
 _emails = itertools.count()
 TEST_PASSWORD = "a-Long-enough-passphrase-1"  # noqa: S105 - a test fixture's password
 
@@ -25,6 +28,60 @@ def django_db_setup(django_db_setup, django_db_blocker):
             connection.close()
             if hasattr(connection, "close_pool"):
                 connection.close_pool()
+
+
+@pytest.fixture(autouse=True)
+def fresh_resilience():
+    """Every test starts with new breakers, budgets, bulkheads and clients.
+
+    Shared breaker state lives in the suite's own Redis database; it is wiped too, so
+    one test's open breaker never leaks into the next.
+    """
+    from resilience.breakers import _shared_state_redis
+    from resilience.registry import reset_all
+
+    def wipe() -> None:
+        reset_all()
+        client = _shared_state_redis()
+        keys = list(client.scan_iter("resilience:breaker:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+    wipe()
+    yield
+    wipe()
+
+
+@pytest.fixture
+def no_rate_limits(settings):
+    """For tests about other patterns that send more requests than a client may."""
+    settings.RESILIENCE_RATELIMIT = {**settings.RESILIENCE_RATELIMIT, "enabled": False}
+
+
+@pytest.fixture
+def payments(settings):
+    """A real payments service on free ports, with the app's payments policy aimed at it."""
+    from chaos.payments import PaymentsService
+
+    service = PaymentsService()
+    service.start()
+    dependencies = {**settings.RESILIENCE["dependencies"]}
+    dependencies["payments"] = {**dependencies["payments"], "base_url": service.api_url}
+    settings.RESILIENCE = {**settings.RESILIENCE, "dependencies": dependencies}
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def override_policy(settings, dependency: str, **parts) -> None:
+    """Replace parts of one dependency's policy for a test (e.g. ``retry={...}``)."""
+    dependencies = {**settings.RESILIENCE["dependencies"]}
+    merged = {**dependencies[dependency]}
+    for part, values in parts.items():
+        merged[part] = {**merged.get(part, {}), **values} if isinstance(values, dict) else values
+    dependencies[dependency] = merged
+    settings.RESILIENCE = {**settings.RESILIENCE, "dependencies": dependencies}
 
 
 @pytest.fixture

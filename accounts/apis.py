@@ -16,11 +16,13 @@ from accounts.serializers import (
     TokenOutputSerializer,
     UserOutputSerializer,
 )
+from resilience.ratelimit.throttles import LoginThrottle, SignupThrottle
 
 
 class SignupApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [SignupThrottle]
 
     @extend_schema(request=CredentialsInputSerializer, responses={201: UserOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -33,6 +35,7 @@ class SignupApi(APIView):
 class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [LoginThrottle]
 
     @extend_schema(request=LoginInputSerializer, responses={200: TokenOutputSerializer})
     def post(self, request: Request) -> Response:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
+from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
@@ -20,6 +22,10 @@ from common.errors import (
     problem_body,
 )
 from common.request_context import current_request_id
+from resilience.breakers import BreakerOpenError
+from resilience.bulkhead import BulkheadFullError
+from resilience.deadline import DeadlineExceededError
+from resilience.ratelimit.business import ratelimited_to_problem
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +34,20 @@ def _translate(exc: Exception) -> Exception:
     """Map Django and database exceptions onto DRF or domain ones."""
     if isinstance(exc, Http404):
         return drf.NotFound()
+    if isinstance(exc, Ratelimited):  # a PermissionDenied subclass: 429, never 403
+        return ratelimited_to_problem(exc)
     if isinstance(exc, PermissionDenied):
         return drf.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
         return _BodyTooLarge()
+    if isinstance(exc, BreakerOpenError):
+        return DependencyUnavailableError(
+            exc.dependency, retry_after=_whole_seconds(exc.retry_after_s)
+        )
+    if isinstance(exc, BulkheadFullError | DeadlineExceededError):
+        return DependencyUnavailableError(
+            exc.dependency, retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
+        )
     if isinstance(exc, OperationalError | InterfaceError):
         # Connection refused, pool timeout, statement timeout: the database cannot serve
         # this request now. Fail fast with a hint instead of a 500.
@@ -40,6 +56,11 @@ def _translate(exc: Exception) -> Exception:
             "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
         )
     return exc
+
+
+def _whole_seconds(seconds: float) -> int:
+    """``Retry-After`` is whole seconds, never 0 (a client must not retry at once)."""
+    return max(1, math.ceil(seconds))
 
 
 class _BodyTooLarge(drf.APIException):

@@ -18,9 +18,12 @@ from orders.serializers import (
     OrderReportInputSerializer,
     OrderReportOutputSerializer,
 )
+from resilience.ratelimit.throttles import OrderCreateThrottle, OrderReportThrottle
 
 
 class OrderListCreateApi(APIView):
+    throttle_classes = [OrderCreateThrottle]  # POST only
+
     @extend_schema(
         request=OrderCreateInputSerializer,
         responses={201: OrderOutputSerializer},
@@ -29,7 +32,7 @@ class OrderListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         data = OrderCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        order = services.order_create(owner=request.user, **data.validated_data)
+        order = services.order_place(owner=request.user, **data.validated_data)
         return Response(OrderOutputSerializer(order).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -53,6 +56,8 @@ class OrderDetailApi(APIView):
 
 
 class OrderReportApi(APIView):
+    throttle_classes = [OrderReportThrottle]
+
     @extend_schema(
         parameters=[OrderReportInputSerializer], responses={200: OrderReportOutputSerializer}
     )

@@ -41,6 +41,10 @@ class Order(models.Model):
     status = models.CharField(
         max_length=20, choices=OrderStatus.choices, default=OrderStatus.PENDING
     )
+    payment_authorization_id = models.CharField(max_length=64, blank=True, default="")
+    # Deferred authorisation is scheduled here, not in broker countdowns (adr/0003).
+    payment_attempts = models.PositiveIntegerField(default=0)
+    next_payment_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -49,6 +53,11 @@ class Order(models.Model):
         indexes = [
             # The list and the report both scan one owner's orders by time.
             models.Index(fields=["owner", "-created_at"], name="order_owner_created_idx"),
+            models.Index(
+                fields=["next_payment_attempt_at"],
+                name="order_deferred_payment_idx",
+                condition=models.Q(status="pending_payment"),
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -1,20 +1,71 @@
-"""Writes for orders. Each service is one transaction on the current workload's alias."""
+"""Writes for orders. Each phase is one transaction on the current workload's alias.
+
+Placing an order follows the three phases of docs/worst-case-request.md:
+
+1. one transaction: create the order ``pending`` and record the recovery point;
+2. no transaction open: authorise the payment through the resilient client;
+3. one transaction: ``paid`` (or ``pending_payment`` when payments is unavailable, or
+   ``failed`` when declined) and the next recovery point.
+
+A crash between phases leaves the recovery point; a retry with the same idempotency
+key resumes from it, and the payment key derived from the order id makes a repeated
+authorisation return the same charge.
+"""
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from common.errors import ConflictError
 from orders.models import ORDER_TRANSITIONS, Order, OrderItem, OrderStatus
+from orders.payments import PAYMENTS_UNAVAILABLE, PaymentDeclinedError, payments_authorize
+from resilience import metrics
 from resilience.db_routing import current_alias
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidTransitionError(ConflictError):
     code = "invalid_order_transition"
     title = "Order cannot change to that status"
+
+
+class RecoveryLog(Protocol):
+    """Where a phased handler records progress (an idempotency record, or nothing)."""
+
+    recovery_point: str
+    resource_id: Any
+
+    def advance(self, point: str, *, resource_id: Any = None) -> None: ...
+
+
+class NoRecovery:
+    """Used when the client sent no idempotency key: progress is not recorded."""
+
+    recovery_point = "started"
+    resource_id = None
+
+    def advance(self, point: str, *, resource_id: Any = None) -> None:
+        self.recovery_point = point
+        if resource_id is not None:
+            self.resource_id = resource_id
+
+
+# Recovery points of an order placement, in order. Phase 3 ends in one of the last three.
+STARTED, ORDER_CREATED = "started", "order_created"
+SETTLED_POINTS = {
+    OrderStatus.PAID: "payment_authorized",
+    OrderStatus.PENDING_PAYMENT: "payment_deferred",
+    OrderStatus.FAILED: "payment_declined",
+}
 
 
 def order_create(*, owner: Any, currency: str, items: Iterable[Mapping[str, Any]]) -> Order:
@@ -33,17 +84,17 @@ def order_create(*, owner: Any, currency: str, items: Iterable[Mapping[str, Any]
     return order
 
 
-def order_transition(*, order_id: Any, to_status: str) -> Order:
+def order_transition(*, order_id: Any, to_status: str, **changes: Any) -> Order:
     """Move an order to ``to_status`` if the state machine allows it from its current one.
 
     A conditional UPDATE is the check and the write in one statement, so two concurrent
-    transitions can never both succeed from the same state.
+    transitions can never both succeed from the same state. ``changes`` are written in
+    the same statement.
     """
     allowed_from = [src for src, targets in ORDER_TRANSITIONS.items() if to_status in targets]
-    alias = current_alias()
-    with transaction.atomic(using=alias):
+    with transaction.atomic(using=current_alias()):
         updated = Order.objects.filter(id=order_id, status__in=allowed_from).update(
-            status=to_status
+            status=to_status, updated_at=timezone.now(), **changes
         )
         order = Order.objects.get(id=order_id)
     if not updated and order.status != to_status:
@@ -53,4 +104,110 @@ def order_transition(*, order_id: Any, to_status: str) -> Order:
     return order
 
 
-__all__ = ["InvalidTransitionError", "OrderStatus", "order_create", "order_transition"]
+def _authorize(order: Order, *, retry: bool) -> tuple[str, dict[str, Any]]:
+    """Phase 2: ask payments; return the status to settle in and the fields to write."""
+    try:
+        authorization = payments_authorize(
+            order_id=order.id, amount=order.total_amount, currency=order.currency, retry=retry
+        )
+    except PaymentDeclinedError as exc:
+        logger.info("payment declined", extra={"order_id": str(order.id), "status": exc.status})
+        return OrderStatus.FAILED, {}
+    except PAYMENTS_UNAVAILABLE as exc:
+        return OrderStatus.PENDING_PAYMENT, {"reason": type(exc).__name__}
+    return OrderStatus.PAID, {"payment_authorization_id": authorization.id}
+
+
+def _next_attempt_at(attempt: int) -> Any:
+    """Full jitter over a capped exponential schedule, for deferred authorisation."""
+    base = settings.ORDERS_DEFERRED_PAYMENT_BASE_S
+    cap = settings.ORDERS_DEFERRED_PAYMENT_CAP_S
+    delay = random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+    return timezone.now() + timedelta(seconds=delay)
+
+
+def _settle(order: Order, status: str, fields: dict[str, Any], recovery: RecoveryLog) -> Order:
+    """Phase 3: the outcome and the recovery point commit together."""
+    reason = fields.pop("reason", None)
+    if status == OrderStatus.PENDING_PAYMENT:
+        metrics.DEGRADED_RESPONSES.labels("payments", "pending_payment").inc()
+        logger.warning("payment deferred", extra={"order_id": str(order.id), "reason": reason})
+        fields["next_payment_attempt_at"] = _next_attempt_at(0)
+    with transaction.atomic(using=current_alias()):
+        order = order_transition(order_id=order.id, to_status=status, **fields)
+        recovery.advance(SETTLED_POINTS[status])
+    return order
+
+
+def order_place(
+    *,
+    owner: Any,
+    currency: str,
+    items: Iterable[Mapping[str, Any]],
+    recovery: RecoveryLog | None = None,
+) -> Order:
+    """Create an order and authorise its payment, resuming from ``recovery`` if given."""
+    recovery = recovery or NoRecovery()
+    if recovery.recovery_point == STARTED:
+        with transaction.atomic(using=current_alias()):
+            order = order_create(owner=owner, currency=currency, items=items)
+            recovery.advance(ORDER_CREATED, resource_id=order.id)
+    else:
+        order = Order.objects.get(id=recovery.resource_id, owner=owner)
+    if recovery.recovery_point == ORDER_CREATED:
+        status, fields = _authorize(order, retry=True)
+        order = _settle(order, status, fields, recovery)
+    return Order.objects.prefetch_related("items").get(id=order.id)
+
+
+def deferred_payments_due(*, limit: int) -> list[Any]:
+    """Ids of ``pending_payment`` orders whose next authorisation attempt is due."""
+    return list(
+        Order.objects.filter(
+            status=OrderStatus.PENDING_PAYMENT, next_payment_attempt_at__lte=timezone.now()
+        )
+        .order_by("next_payment_attempt_at")
+        .values_list("id", flat=True)[:limit]
+    )
+
+
+def order_authorize_deferred(*, order_id: Any) -> Order:
+    """One deferred authorisation attempt for a ``pending_payment`` order.
+
+    A single attempt: this schedule (jittered, in the database) is the retry layer for
+    deferred payments, so the HTTP client does not retry on top of it. The order row is
+    locked while deciding, so two workers never authorise the same order at once.
+    """
+    alias = current_alias()
+    with transaction.atomic(using=alias):
+        order = Order.objects.select_for_update(skip_locked=True).filter(id=order_id).first()
+        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+            return order or Order.objects.get(id=order_id)
+        # Claim the attempt: push the schedule out so a concurrent sweep skips it.
+        Order.objects.filter(id=order.id).update(
+            payment_attempts=order.payment_attempts + 1,
+            next_payment_attempt_at=_next_attempt_at(order.payment_attempts + 1),
+        )
+    status, fields = _authorize(order, retry=False)
+    reason = fields.pop("reason", None)
+    if status == OrderStatus.PENDING_PAYMENT:
+        if order.payment_attempts + 1 >= settings.ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS:
+            logger.warning("deferred payment gave up", extra={"order_id": str(order.id)})
+            return order_transition(order_id=order.id, to_status=OrderStatus.FAILED)
+        logger.info(
+            "deferred payment still unavailable",
+            extra={"order_id": str(order.id), "reason": reason},
+        )
+        return Order.objects.get(id=order.id)
+    return order_transition(order_id=order.id, to_status=status, **fields)
+
+
+__all__ = [
+    "InvalidTransitionError",
+    "OrderStatus",
+    "deferred_payments_due",
+    "order_authorize_deferred",
+    "order_create",
+    "order_place",
+    "order_transition",
+]

@@ -8,9 +8,11 @@ live in ``RESILIENCE`` (see ``docs/timeouts.md``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -63,6 +65,10 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "common.middleware.RequestIdMiddleware",
     "common.middleware.BodySizeLimitMiddleware",
+    "resilience.deadline.DeadlineMiddleware",
+    # Global per-IP flood limit before authentication; also writes the RateLimit fields
+    # for the DRF throttles' policies (adr/0004).
+    "resilience.ratelimit.middleware.RateLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves admin and API-docs assets from gunicorn itself (no separate web server).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -142,6 +148,8 @@ def database_alias(
     config = dj_database_url.parse(DATABASE_URL)
     config.update(
         {
+            # Django's PostgreSQL backend with the `postgres` circuit breaker built in.
+            "ENGINE": "resilience.db_backend",
             "CONN_MAX_AGE": 0,  # required with a pool: the pool owns connection lifetime
             "CONN_HEALTH_CHECKS": True,  # never hand out a connection killed by a restart
             "OPTIONS": {
@@ -196,7 +204,7 @@ CACHE_KEY_PREFIX = env("CACHE_KEY_PREFIX", default="resilient")
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "resilience.cache.ResilientRedisCache",  # bypassed while Redis is down
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": CACHE_KEY_PREFIX,
         "OPTIONS": {
@@ -253,8 +261,20 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Queues and routes in one place: webhook delivery never shares workers with the rest.
 CELERY_TASK_QUEUES = (Queue("default"), Queue("webhooks"))
 CELERY_TASK_ROUTES = {"webhooks.tasks.*": {"queue": "webhooks"}}
+# Deferred authorisation of `pending_payment` orders: capped exponential backoff with
+# full jitter, scheduled in Postgres and swept by beat (adr/0003).
+ORDERS_DEFERRED_PAYMENT_BASE_S = env("ORDERS_DEFERRED_PAYMENT_BASE_S", default=2.0, cast=float)
+ORDERS_DEFERRED_PAYMENT_CAP_S = env("ORDERS_DEFERRED_PAYMENT_CAP_S", default=300.0, cast=float)
+ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS = env("ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS", default=20, cast=int)
+ORDERS_DEFERRED_PAYMENT_SWEEP_S = env("ORDERS_DEFERRED_PAYMENT_SWEEP_S", default=5.0, cast=float)
+ORDERS_DEFERRED_PAYMENT_BATCH = 100
 ACCOUNTS_TOKEN_PURGE_INTERVAL_S = env("ACCOUNTS_TOKEN_PURGE_INTERVAL_S", default=3600, cast=int)
+# More entries join at the end of this file (the idempotency block).
 CELERY_BEAT_SCHEDULE = {
+    "sweep-deferred-payments": {
+        "task": "orders.tasks.sweep_deferred_payments",
+        "schedule": ORDERS_DEFERRED_PAYMENT_SWEEP_S,
+    },
     "purge-expired-tokens": {
         "task": "accounts.tasks.purge_expired_tokens",
         "schedule": ACCOUNTS_TOKEN_PURGE_INTERVAL_S,
@@ -326,3 +346,177 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# --- Resilience: one policy per dependency (docs/timeouts.md is generated from this) ------
+# Composition, outermost first: deadline -> bulkhead -> retry -> breaker -> per-attempt
+# timeout (adr/0003). Every key is checked at start-up (resilience.checks).
+PAYMENTS_URL = env("PAYMENTS_URL", default="http://127.0.0.1:8101")
+REQUEST_DEADLINE_S = env("REQUEST_DEADLINE_S", default=5.0, cast=float)
+RESILIENCE_ENABLED = env("RESILIENCE_ENABLED", default=True, cast=bool)
+RESILIENCE = {
+    # Every request gets this time budget; outbound timeouts are clipped to what is left.
+    "request_deadline_s": REQUEST_DEADLINE_S,
+    # Redis that holds shared breaker state for HTTP downstreams.
+    "breaker_state_redis_url": env("BREAKER_STATE_REDIS_URL", default=REDIS_URL),
+    "dependencies": {
+        "postgres": {
+            "timeouts": {
+                "connect_s": DB_CONNECT_TIMEOUT_S,
+                "pool_wait_s": DB_REQUEST_POOL_TIMEOUT_S,
+                "statement_s": DB_REQUEST_STATEMENT_TIMEOUT_MS / 1000,
+            },
+            # Only connection-level failures and timeouts count (resilience.db).
+            "breaker": {
+                "fail_max": env("POSTGRES_BREAKER_FAIL_MAX", default=3, cast=int),
+                "reset_timeout_s": env("POSTGRES_BREAKER_RESET_S", default=5.0, cast=float),
+                "shared": False,
+            },
+        },
+        "redis": {
+            "timeouts": {
+                "connect_s": REDIS_CACHE_CONNECT_TIMEOUT_S,
+                "read_s": REDIS_CACHE_SOCKET_TIMEOUT_S,
+            },
+            # Process-local: the breaker that guards Redis cannot keep its state there.
+            "breaker": {"fail_max": 3, "reset_timeout_s": 2.0, "shared": False},
+        },
+        "payments": {
+            "base_url": PAYMENTS_URL,
+            "timeouts": {
+                "connect_s": env("PAYMENTS_CONNECT_TIMEOUT_S", default=0.25, cast=float),
+                "read_s": env("PAYMENTS_READ_TIMEOUT_S", default=1.0, cast=float),
+            },
+            "retry": {
+                "max_attempts": env("PAYMENTS_MAX_ATTEMPTS", default=3, cast=int),
+                "base_s": 0.05,
+                "cap_s": 0.5,
+                "retry_after_cap_s": 1.0,
+                # Retries may add at most 20% to the calls of the last 10 s, plus a floor.
+                "budget_ratio": 0.2,
+                "budget_window_s": 10.0,
+                "budget_min_retries": 3,
+            },
+            "breaker": {
+                "fail_max": env("PAYMENTS_BREAKER_FAIL_MAX", default=5, cast=int),
+                "reset_timeout_s": env("PAYMENTS_BREAKER_RESET_S", default=10.0, cast=float),
+                "shared": True,
+            },
+            "bulkhead": {
+                "max_concurrent": env("PAYMENTS_BULKHEAD_MAX", default=8, cast=int),
+                "max_wait_s": 0.05,
+            },
+        },
+        # Template for webhook targets: one breaker per target host ("webhook:<host>").
+        "webhook": {
+            "timeouts": {"connect_s": 1.0, "read_s": 5.0},
+            "breaker": {"fail_max": 5, "reset_timeout_s": 60.0, "shared": True},
+            "bulkhead": {"max_concurrent": 4, "max_wait_s": 0.0},
+        },
+    },
+}
+
+# --- Idempotency keys (resilience.idempotency; docs/patterns/idempotency-keys.md) ---------
+# Keys are kept at least 24 h (Stripe's floor; published in the API docs), 72 h by default
+# as in brandur's reaper. Shorter would turn a client's late retry into a second order.
+IDEMPOTENCY_RETENTION_S = env("IDEMPOTENCY_RETENTION_S", default=72 * 3600, cast=int)
+if IDEMPOTENCY_RETENTION_S < 24 * 3600:
+    raise ImproperlyConfigured("IDEMPOTENCY_RETENTION_S must be at least 86400 (24 h).")
+# A lock younger than this means the first request still runs (409); an older one belongs
+# to a dead process and may be taken over. Above the gunicorn timeout (30 s) so a live
+# request is never overtaken.
+IDEMPOTENCY_LOCK_TIMEOUT_S = env("IDEMPOTENCY_LOCK_TIMEOUT_S", default=60, cast=int)
+# Retry-After on a 409 for a key in flight (capped by the lock's remaining lifetime).
+IDEMPOTENCY_CONFLICT_RETRY_AFTER_S = env("IDEMPOTENCY_CONFLICT_RETRY_AFTER_S", default=1, cast=int)
+# Scopes whose endpoints refuse a request without a key (400), e.g. "orders.create".
+IDEMPOTENCY_REQUIRED_SCOPES = env("IDEMPOTENCY_REQUIRED_SCOPES", default=[], cast=list)
+# Response headers replayed with the stored body (Content-Type always). Per-request
+# headers such as RateLimit-* and X-Request-ID are never stored.
+IDEMPOTENCY_REPLAY_HEADERS = ["Content-Type", "Location", "Content-Location"]
+# The completer re-drives records unfinished and untouched for this long: longer than the
+# lock timeout, so the client's own retry usually resumes first.
+IDEMPOTENCY_COMPLETER_AFTER_S = env("IDEMPOTENCY_COMPLETER_AFTER_S", default=300, cast=int)
+if IDEMPOTENCY_COMPLETER_AFTER_S <= IDEMPOTENCY_LOCK_TIMEOUT_S:
+    raise ImproperlyConfigured("IDEMPOTENCY_COMPLETER_AFTER_S must exceed the lock timeout.")
+IDEMPOTENCY_COMPLETER_INTERVAL_S = env("IDEMPOTENCY_COMPLETER_INTERVAL_S", default=60, cast=int)
+IDEMPOTENCY_COMPLETER_BATCH_SIZE = env("IDEMPOTENCY_COMPLETER_BATCH_SIZE", default=20, cast=int)
+IDEMPOTENCY_PURGE_INTERVAL_S = env("IDEMPOTENCY_PURGE_INTERVAL_S", default=3600, cast=int)
+IDEMPOTENCY_PURGE_BATCH_SIZE = env("IDEMPOTENCY_PURGE_BATCH_SIZE", default=1000, cast=int)
+# At most this many batches per run; the next run takes the rest.
+IDEMPOTENCY_PURGE_MAX_BATCHES = env("IDEMPOTENCY_PURGE_MAX_BATCHES", default=50, cast=int)
+CELERY_BEAT_SCHEDULE |= {
+    "idempotency-complete-stale": {
+        "task": "resilience.tasks.complete_stale_idempotency_records",
+        "schedule": IDEMPOTENCY_COMPLETER_INTERVAL_S,
+    },
+    "idempotency-purge-expired": {
+        "task": "resilience.tasks.purge_expired_idempotency_records",
+        "schedule": IDEMPOTENCY_PURGE_INTERVAL_S,
+    },
+}
+# --- end of idempotency keys ---------------------------------------------------------------
+
+# --- Rate limiting (resilience.ratelimit; adr/0004, docs/configuration.md) ---------------
+# Token buckets in Redis, one atomic script per decision, a per-process fallback while
+# Redis is unavailable. Capacity is the burst; refill_rate the sustained rate per second.
+RATELIMIT_REDIS_URL = env("RATELIMIT_REDIS_URL", default=REDIS_URL)
+# Processes sharing each limit (web instances x gunicorn workers): while Redis is down
+# each process enforces capacity / instances and refill_rate / instances on its own.
+RATELIMIT_INSTANCES = env("RATELIMIT_INSTANCES", default=2, cast=int)
+_RATELIMIT_POLICIES = {
+    # Everything under /api/, per client IP, checked before authentication.
+    "flood": {"capacity": 300, "refill_rate": 100.0, "scope": "ip", "fail": "open"},
+    "signup": {"capacity": 10, "refill_rate": 10 / 3600, "scope": "ip", "fail": "open"},
+    # Login: per IP against credential stuffing, per submitted email against distributed
+    # brute force; both checked in one decision.
+    "login_ip": {"capacity": 30, "refill_rate": 30 / 900, "scope": "ip", "fail": "open"},
+    "login_username": {
+        "capacity": 5,
+        "refill_rate": 5 / 900,
+        "scope": "username",
+        "username_field": "email",
+        "fail": "open",
+    },
+    "orders_create": {"capacity": 30, "refill_rate": 1.0, "scope": "user", "fail": "open"},
+    # The expensive query. Fails closed: its cache lives in the same Redis, so while Redis
+    # is down every call would run the full query on Postgres (adr/0004).
+    "orders_report": {"capacity": 5, "refill_rate": 5 / 60, "scope": "user", "fail": "closed"},
+}
+# Operators tune a policy without a code change, e.g.
+# RATELIMIT_POLICY_OVERRIDES='{"flood": {"capacity": 600}}'; unknown keys fail the check.
+for _name, _spec in env("RATELIMIT_POLICY_OVERRIDES", default={}, cast=json.loads).items():
+    _RATELIMIT_POLICIES[_name] = {**_RATELIMIT_POLICIES.get(_name, {}), **_spec}
+# Safe roll-out of a new or tighter limit: count would-be refusals, refuse nothing.
+for _name in env("RATELIMIT_DRY_RUN_POLICIES", default=[], cast=list):
+    _RATELIMIT_POLICIES.setdefault(_name, {})["dry_run"] = True
+RESILIENCE_RATELIMIT = {
+    "enabled": env("RATELIMIT_ENABLED", default=True, cast=bool),
+    "key_prefix": env("RATELIMIT_KEY_PREFIX", default="rl"),
+    "redis": {
+        "url": RATELIMIT_REDIS_URL,
+        # Its own small pool (not the cache's): a burst waits at most pool_timeout_s for
+        # a connection, then falls back; no client retry (redis-py 8 would retry 10x).
+        "max_connections": env("RATELIMIT_REDIS_MAX_CONNECTIONS", default=16, cast=int),
+        "pool_timeout_s": env("RATELIMIT_REDIS_POOL_TIMEOUT_S", default=0.01, cast=float),
+        "socket_timeout_s": env("RATELIMIT_REDIS_SOCKET_TIMEOUT_S", default=0.05, cast=float),
+        "connect_timeout_s": env("RATELIMIT_REDIS_CONNECT_TIMEOUT_S", default=0.05, cast=float),
+    },
+    "instances": RATELIMIT_INSTANCES,
+    # Upper bound of fallback buckets per process (full buckets are dropped first).
+    "fallback_max_keys": env("RATELIMIT_FALLBACK_MAX_KEYS", default=10_000, cast=int),
+    # CIDRs of our own proxies (nginx, load balancer); only they may set X-Forwarded-For.
+    "trusted_proxies": env("RATELIMIT_TRUSTED_PROXIES", default=[], cast=list),
+    # One IPv6 host owns a whole /64: bucket it as one client.
+    "ipv6_prefix_length": env("RATELIMIT_IPV6_PREFIX_LENGTH", default=64, cast=int),
+    # Retry-After of a fail-closed policy's 503 while Redis is down (the breaker's reset).
+    "unavailable_retry_after_s": env("RATELIMIT_UNAVAILABLE_RETRY_AFTER_S", default=2, cast=int),
+    "middleware": {"policy": "flood", "path_prefixes": ["/api/"]},
+    "policies": _RATELIMIT_POLICIES,
+}
+# django-ratelimit, for fixed-window business rules only (resilience.ratelimit.business).
+# Fail closed here so the wrapper sees a cache failure and applies each rule's own
+# fail_open; the client IP follows the same trusted-proxy rules as the token buckets.
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_FAIL_OPEN = False
+RATELIMIT_CACHE_PREFIX = "rl-fw:"
+RATELIMIT_IP_META_KEY = "resilience.ratelimit.client_ip.ratelimit_ip_meta"
+# --- end of rate limiting ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from conftest import client_for
 from orders.models import Order
 from tests.problems import assert_problem
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("payments", "no_rate_limits")]
 
 ORDERS = "/api/v1/orders"
 VALID = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 2, "unit_price": 1250}]}
@@ -34,7 +34,7 @@ def test_create_computes_the_total_server_side(auth_client, user):
     response = create(auth_client, payload)
     assert response.status_code == 201, response.content
     body = response.json()
-    assert body["status"] == "pending"
+    assert body["status"] == "paid"
     assert body["total_amount"] == 2599
     assert [item["line_total"] for item in body["items"]] == [2500, 99]
     order = Order.objects.get(id=body["id"])
@@ -126,24 +126,27 @@ def test_detail_of_another_users_order_is_404(auth_client, make_user):
 
 
 def test_report_aggregates_by_day_status_and_currency(auth_client, user, make_user):
-    from orders.services import order_transition
+    from orders.services import order_create, order_transition
 
+    items = VALID["items"]
     for _ in range(2):
-        create(auth_client)
-    paid = create(auth_client).json()["id"]
-    order_transition(order_id=paid, to_status="paid")
-    old = create(auth_client).json()["id"]
-    Order.objects.filter(id=old).update(created_at=timezone.now() - timedelta(days=3))
-    create(client_for(make_user()[0]))  # someone else's order is never counted
+        order_create(owner=user, currency="EUR", items=items)
+    paid = order_create(owner=user, currency="EUR", items=items)
+    order_transition(order_id=paid.id, to_status="paid")
+    order_create(owner=user, currency="USD", items=items)
+    old = order_create(owner=user, currency="EUR", items=items)
+    Order.objects.filter(id=old.id).update(created_at=timezone.now() - timedelta(days=3))
+    order_create(owner=make_user()[0], currency="EUR", items=items)  # never counted
 
     rows = auth_client.get(f"{ORDERS}/report").json()["rows"]
     today = timezone.now().date().isoformat()
-    counts = {(r["day"], r["status"]): (r["orders"], r["total_amount"]) for r in rows}
-    assert counts[(today, "pending")] == (2, 5000)
-    assert counts[(today, "paid")] == (1, 2500)
-    assert sum(r["orders"] for r in rows) == 4
+    counts = {(r["day"], r["status"], r["currency"]): (r["orders"], r["total_amount"]) for r in rows}
+    assert counts[(today, "pending", "EUR")] == (2, 5000)
+    assert counts[(today, "paid", "EUR")] == (1, 2500)
+    assert counts[(today, "pending", "USD")] == (1, 2500)
+    assert sum(r["orders"] for r in rows) == 5
     one_day = auth_client.get(f"{ORDERS}/report", {"days": 1}).json()["rows"]
-    assert sum(r["orders"] for r in one_day) == 3
+    assert sum(r["orders"] for r in one_day) == 4
 
 
 @pytest.mark.parametrize("days", ["0", "367", "many"])

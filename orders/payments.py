@@ -1,0 +1,61 @@
+"""The payments provider, seen through the resilient HTTP client.
+
+The call site names the dependency and nothing else: timeouts, retries with full
+jitter, the retry budget, the breaker and the bulkhead all come from
+``RESILIENCE["dependencies"]["payments"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+from resilience.breakers import BreakerOpenError
+from resilience.bulkhead import BulkheadFullError
+from resilience.deadline import DeadlineExceededError
+from resilience.http import DownstreamHTTPError, client
+
+# Every way the provider can be unavailable to us right now; the order is then accepted
+# as `pending_payment` and authorised later.
+PAYMENTS_UNAVAILABLE = (
+    BreakerOpenError,
+    BulkheadFullError,
+    DeadlineExceededError,
+    DownstreamHTTPError,
+    requests.RequestException,
+)
+
+
+class PaymentDeclinedError(Exception):
+    """The provider answered and refused (a 4xx other than 429): not worth retrying."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        super().__init__(f"payment declined ({status}): {detail}")
+
+
+@dataclass(frozen=True)
+class Authorization:
+    id: str
+
+
+def payment_idempotency_key(order_id: object) -> str:
+    """Derived from the order alone, so a resumed or retried authorisation never charges twice."""
+    return f"order-{order_id}"
+
+
+def payments_authorize(
+    *, order_id: object, amount: int, currency: str, retry: bool = True
+) -> Authorization:
+    """Authorise ``amount`` for the order; raise one of ``PAYMENTS_UNAVAILABLE`` or declined."""
+    response = client("payments").request(
+        "POST",
+        "/authorizations",
+        json={"order_id": str(order_id), "amount": amount, "currency": currency},
+        idempotency_key=payment_idempotency_key(order_id),
+        retry=retry,
+    )
+    if response.status_code in (200, 201):
+        return Authorization(id=response.json()["id"])
+    raise PaymentDeclinedError(response.status_code, response.text[:200])

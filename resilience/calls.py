@@ -1,0 +1,95 @@
+"""Compose the patterns for one call to a named dependency.
+
+Order, outermost first (STYLE 9, adr/0003): deadline -> bulkhead -> retry -> breaker ->
+per-attempt timeout. Retry never retries an open breaker, a full bulkhead or a spent
+deadline: those mean "do not call now", and retrying them would only add load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import TypeVar
+
+from django.conf import settings
+
+from resilience import deadline, metrics
+from resilience.breakers import BreakerOpenError, breaker
+from resilience.bulkhead import BulkheadFullError, bulkhead
+from resilience.policies import TimeoutPolicy, get_policy
+from resilience.retry import call_with_retry
+
+T = TypeVar("T")
+
+# Refusals decided by our own patterns: never retried.
+REFUSALS = (BreakerOpenError, BulkheadFullError, deadline.DeadlineExceededError)
+
+
+def clipped(timeouts: TimeoutPolicy) -> TimeoutPolicy:
+    """Per-attempt timeouts shortened to the request's remaining budget."""
+    return dataclasses.replace(
+        timeouts,
+        connect_s=deadline.clip(timeouts.connect_s),
+        read_s=None if timeouts.read_s is None else deadline.clip(timeouts.read_s),
+    )
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, REFUSALS):
+        return "refused"
+    return "error"
+
+
+def call(
+    dependency: str,
+    attempt: Callable[[TimeoutPolicy], T],
+    *,
+    retryable: Callable[[BaseException], bool] | None = None,
+    idempotent: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``attempt(timeouts)`` under every policy configured for ``dependency``.
+
+    ``retryable`` says which failures are worth another attempt; a non-idempotent call
+    (``idempotent=False``) is never retried. With ``RESILIENCE_ENABLED=False`` (the chaos
+    baseline) only the per-attempt timeouts remain.
+    """
+    policy = get_policy(dependency)
+    if not settings.RESILIENCE_ENABLED:
+        return attempt(policy.timeouts)
+
+    deadline.ensure_time_left(dependency)
+    guard = breaker(dependency) if policy.breaker else None
+
+    def one_attempt() -> T:
+        deadline.ensure_time_left(dependency)
+        started = time.perf_counter()
+        try:
+            result = (
+                guard.call(attempt, clipped(policy.timeouts))
+                if guard
+                else attempt(clipped(policy.timeouts))
+            )
+        except BaseException as exc:
+            metrics.DEPENDENCY_CALL_SECONDS.labels(dependency, _outcome(exc)).observe(
+                time.perf_counter() - started
+            )
+            raise
+        metrics.DEPENDENCY_CALL_SECONDS.labels(dependency, "ok").observe(
+            time.perf_counter() - started
+        )
+        return result
+
+    slots = bulkhead(dependency)
+    with slots.slot() if slots else nullcontext():
+        if policy.retry is None or retryable is None or not idempotent:
+            return one_attempt()
+        return call_with_retry(
+            dependency,
+            policy.retry,
+            one_attempt,
+            retryable=lambda exc: not isinstance(exc, REFUSALS) and retryable(exc),
+            sleep=sleep,
+        )

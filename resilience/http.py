@@ -1,0 +1,167 @@
+"""The resilient HTTP client: a requests session for one named dependency.
+
+Every call gets the dependency's policies (``resilience.calls``) and an explicit
+``(connect, read)`` timeout clipped to the request deadline; a call cannot be made
+without one. Only 429/502/503/504 answers, connection errors and timeouts are retried,
+and only for idempotent methods or requests that carry an ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from common.request_context import current_request_id
+from resilience.calls import call
+from resilience.policies import TimeoutPolicy, get_policy
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class DownstreamHTTPError(Exception):
+    """The dependency answered with a status that means "failed" (5xx or 429)."""
+
+    def __init__(self, dependency: str, response: requests.Response) -> None:
+        self.dependency = dependency
+        self.response = response
+        self.status = response.status_code
+        self.retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
+        super().__init__(f"{dependency} answered {self.status}")
+
+
+def is_downstream_failure(exc: BaseException) -> bool:
+    """What the breaker counts: server errors, throttling, no connection, timeouts."""
+    if isinstance(exc, DownstreamHTTPError):
+        return exc.status >= 500 or exc.status == 429
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """What retry may try again: 429/502/503/504, connection errors and timeouts."""
+    if isinstance(exc, DownstreamHTTPError):
+        return exc.status in RETRYABLE_STATUSES
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+
+
+class ResilientSession:
+    """HTTP calls to one dependency with all of its policies applied.
+
+    One ``requests.Session`` per thread (requests does not promise thread safety); its
+    connection pool is sized to the dependency's bulkhead and never blocks.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        *,
+        base_url: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.dependency = dependency
+        self.policy = get_policy(dependency)
+        if self.policy.timeouts.read_s is None:
+            raise ValueError(f"{dependency} has no read timeout: refusing to build a client")
+        self.base_url = (base_url or self.policy.base_url or "").rstrip("/")
+        self._sleep = sleep
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            size = self.policy.bulkhead.max_concurrent if self.policy.bulkhead else 10
+            session = requests.Session()
+            adapter = HTTPAdapter(
+                pool_connections=1, pool_maxsize=size, pool_block=False, max_retries=0
+            )
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry: bool = True,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Make the call; 2xx-4xx (but 429) are returned, the rest raise after the policies.
+
+        ``retry=False`` makes a single attempt, for callers whose own schedule is the
+        retry layer (a background task): retries happen at one layer only.
+        """
+        if "timeout" in kwargs:
+            raise TypeError("timeouts come from the dependency's policy, not the call site")
+        method = method.upper()
+        full_url = url if url.startswith(("http://", "https://")) else f"{self.base_url}{url}"
+        sent_headers = dict(headers or {})
+        if request_id := current_request_id():
+            sent_headers.setdefault("X-Request-ID", request_id)
+        if idempotency_key is not None:
+            sent_headers["Idempotency-Key"] = idempotency_key
+
+        def attempt(timeouts: TimeoutPolicy) -> requests.Response:
+            response = self._session().request(
+                method,
+                full_url,
+                headers=sent_headers,
+                timeout=(timeouts.connect_s, timeouts.read_s),
+                allow_redirects=False,
+                **kwargs,
+            )
+            if response.status_code >= 500 or response.status_code == 429:
+                raise DownstreamHTTPError(self.dependency, response)
+            return response
+
+        return call(
+            self.dependency,
+            attempt,
+            retryable=is_retryable if retry else None,
+            idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
+            sleep=self._sleep,
+        )
+
+
+_clients: dict[str, ResilientSession] = {}
+_clients_lock = threading.Lock()
+
+
+def client(dependency: str) -> ResilientSession:
+    """The shared resilient session of ``dependency``."""
+    with _clients_lock:
+        if dependency not in _clients:
+            _clients[dependency] = ResilientSession(dependency)
+        return _clients[dependency]
+
+
+def reset_clients() -> None:
+    """Forget built clients (tests change the policies)."""
+    with _clients_lock:
+        _clients.clear()

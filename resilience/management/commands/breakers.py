@@ -1,0 +1,52 @@
+"""Inspect and force circuit breakers.
+
+Shared breakers (``shared: True``) keep their state in Redis, so forcing one here acts
+fleet-wide; process-local ones (postgres, redis) only exist inside each process and
+can only be listed with this process's view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from resilience.breakers import breaker, known_breakers
+
+
+class Command(BaseCommand):
+    help = "List circuit breakers, or force one open/closed, or reset it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "action", choices=["list", "open", "close", "reset"], nargs="?", default="list"
+        )
+        parser.add_argument(
+            "dependency", nargs="?", help="e.g. payments or webhook:hooks.example.com"
+        )
+
+    def handle(self, *args: Any, action: str, dependency: str | None, **options: Any) -> None:
+        if action == "list":
+            for name, cb in sorted(known_breakers().items()):
+                scope = (
+                    "shared"
+                    if type(cb._state_storage).__name__ == "SharedStateStorage"
+                    else "local"
+                )  # noqa: SLF001
+                remaining = cb.open_remaining_s()
+                extra = f", reopens in {remaining:.1f} s" if remaining else ""
+                self.stdout.write(
+                    f"{name:<28} {cb.current_state:<10} failures={cb.fail_counter} ({scope}{extra})"
+                )
+            return
+        if not dependency:
+            raise CommandError(f"{action} needs a dependency name")
+        try:
+            cb = breaker(dependency)
+        except KeyError as exc:
+            raise CommandError(str(exc)) from exc
+        if action == "open":
+            cb.force_open()
+        else:  # close and reset both return to closed with a zero failure count
+            cb.close()
+        self.stdout.write(f"{dependency}: {cb.current_state}")

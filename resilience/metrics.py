@@ -1,0 +1,74 @@
+"""Prometheus metrics for every resilience decision.
+
+Defined once here so names stay consistent (catalogue: ``docs/metrics.md``). They work
+in prometheus_client's multiprocess mode: gauges declare how processes combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BREAKER_STATE = Gauge(
+    "resilience_breaker_state",
+    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",
+    ["dependency"],
+    multiprocess_mode="livemax",
+)
+BREAKER_TRANSITIONS = Counter(
+    "resilience_breaker_transitions_total",
+    "Circuit breaker state changes.",
+    ["dependency", "from_state", "to_state"],
+)
+BREAKER_NOT_PERMITTED = Counter(
+    "resilience_breaker_calls_not_permitted_total",
+    "Calls refused without reaching the dependency because its breaker was open.",
+    ["dependency"],
+)
+BREAKER_FAILURES = Counter(
+    "resilience_breaker_failures_total",
+    "Calls that counted as dependency failures.",
+    ["dependency"],
+)
+RETRY_ATTEMPTS = Counter(
+    "resilience_retry_attempts_total", "Attempts made, first ones included.", ["dependency"]
+)
+RETRY_RETRIES = Counter(
+    "resilience_retry_retries_total", "Attempts that were retries.", ["dependency", "reason"]
+)
+RETRY_BUDGET_EXHAUSTED = Counter(
+    "resilience_retry_budget_exhausted_total",
+    "Retries refused because the dependency's retry budget was spent.",
+    ["dependency"],
+)
+RETRY_GAVE_UP = Counter(
+    "resilience_retry_gave_up_total",
+    "Calls that failed after retrying stopped.",
+    ["dependency", "reason"],
+)
+BULKHEAD_IN_USE = Gauge(
+    "resilience_bulkhead_in_use",
+    "Concurrent calls holding a bulkhead slot.",
+    ["dependency"],
+    multiprocess_mode="livesum",
+)
+BULKHEAD_REJECTED = Counter(
+    "resilience_bulkhead_rejected_total",
+    "Calls refused because the bulkhead was full.",
+    ["dependency"],
+)
+DEADLINE_EXCEEDED = Counter(
+    "resilience_deadline_exceeded_total",
+    "Calls not started (or stopped retrying) because the request deadline passed.",
+    ["dependency"],
+)
+DEPENDENCY_CALL_SECONDS = Histogram(
+    "resilience_dependency_call_seconds",
+    "Duration of one attempt at a dependency, by outcome.",
+    ["dependency", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+DEGRADED_RESPONSES = Counter(
+    "resilience_degraded_total",
+    "Requests answered in a documented degraded mode instead of failing.",
+    ["dependency", "mode"],
+)

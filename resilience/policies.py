@@ -1,0 +1,167 @@
+"""Typed policies per dependency, built once from ``settings.RESILIENCE``.
+
+A call site names a dependency (``"payments"``, ``"webhook:hooks.example.com"``); the
+registry hands back the policy, whose parts are small frozen dataclasses with bounded
+defaults in the style of resilience4j's ``*Config`` objects. Unknown keys and unsafe
+values are rejected by the system check in ``resilience.checks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class TimeoutPolicy:
+    """Per-attempt timeouts in seconds. Missing timeouts are a configuration error."""
+
+    connect_s: float
+    read_s: float | None = None
+    pool_wait_s: float | None = None
+    statement_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, bounded attempts and a budget.
+
+    Defaults follow the AWS and Finagle guidance in REFERENCE.md: three attempts, waits
+    drawn from ``[0, min(cap, base * 2**n)]``, retries limited to 20% of recent calls.
+    """
+
+    max_attempts: int = 3
+    base_s: float = 0.05
+    cap_s: float = 1.0
+    retry_after_cap_s: float = 2.0
+    budget_ratio: float = 0.2
+    budget_window_s: float = 10.0
+    budget_min_retries: int = 3
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """Consecutive-failure breaker (pybreaker) with one trial call when half-open."""
+
+    fail_max: int = 5
+    reset_timeout_s: float = 30.0
+    shared: bool = False  # state in Redis, so every process learns at once
+
+
+@dataclass(frozen=True)
+class BulkheadPolicy:
+    """At most ``max_concurrent`` calls per process; wait at most ``max_wait_s`` for a slot."""
+
+    max_concurrent: int = 10
+    max_wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DependencyPolicy:
+    """Everything that governs calls to one dependency."""
+
+    name: str
+    timeouts: TimeoutPolicy
+    retry: RetryPolicy | None = None  # None: one attempt (retries live elsewhere, or nowhere)
+    breaker: BreakerPolicy | None = None
+    bulkhead: BulkheadPolicy | None = None
+    base_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_PARTS = {
+    "timeouts": TimeoutPolicy,
+    "retry": RetryPolicy,
+    "breaker": BreakerPolicy,
+    "bulkhead": BulkheadPolicy,
+}
+_TOP_LEVEL_KEYS = {*_PARTS, "base_url"}
+
+
+class PolicyError(ValueError):
+    """A dependency's settings are unknown, missing or unsafe."""
+
+
+def _build_part(dependency: str, part: str, raw: dict[str, Any]) -> Any:
+    cls = _PARTS[part]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise PolicyError(f"{dependency}.{part}: unknown keys {sorted(unknown)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise PolicyError(f"{dependency}.{part}: {exc}") from exc
+
+
+def _validate(policy: DependencyPolicy) -> None:
+    name = policy.name
+    positive = [("timeouts.connect_s", policy.timeouts.connect_s)]
+    for attr in ("read_s", "pool_wait_s", "statement_s"):
+        value = getattr(policy.timeouts, attr)
+        if value is not None:
+            positive.append((f"timeouts.{attr}", value))
+    if policy.retry:
+        retry = policy.retry
+        if not 1 <= retry.max_attempts <= 10:
+            raise PolicyError(f"{name}.retry.max_attempts must be 1..10 (no unbounded retries)")
+        positive += [("retry.base_s", retry.base_s), ("retry.cap_s", retry.cap_s)]
+        positive += [("retry.budget_window_s", retry.budget_window_s)]
+        if not 0 <= retry.budget_ratio <= 1:
+            raise PolicyError(f"{name}.retry.budget_ratio must be within 0..1")
+    if policy.breaker:
+        positive += [("breaker.reset_timeout_s", policy.breaker.reset_timeout_s)]
+        if policy.breaker.fail_max < 1:
+            raise PolicyError(f"{name}.breaker.fail_max must be at least 1")
+    if policy.bulkhead:
+        if policy.bulkhead.max_concurrent < 1:
+            raise PolicyError(f"{name}.bulkhead.max_concurrent must be at least 1")
+        if not 0 <= policy.bulkhead.max_wait_s <= 5:
+            raise PolicyError(f"{name}.bulkhead.max_wait_s must be within 0..5 s")
+    for label, value in positive:
+        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            raise PolicyError(f"{name}.{label} must be a finite number above 0, not {value!r}")
+
+
+def build_policy(name: str, raw: dict[str, Any]) -> DependencyPolicy:
+    """Build and validate one dependency's policy from its settings dictionary."""
+    unknown = set(raw) - _TOP_LEVEL_KEYS
+    if unknown:
+        raise PolicyError(f"{name}: unknown keys {sorted(unknown)}")
+    if "timeouts" not in raw:
+        raise PolicyError(f"{name}: timeouts are required (every outbound call has one)")
+    parts = {part: _build_part(name, part, raw[part]) for part in _PARTS if part in raw}
+    policy = DependencyPolicy(name=name, base_url=raw.get("base_url"), **parts)
+    _validate(policy)
+    return policy
+
+
+@functools.cache
+def _configured() -> dict[str, DependencyPolicy]:
+    return {
+        name: build_policy(name, raw) for name, raw in settings.RESILIENCE["dependencies"].items()
+    }
+
+
+def get_policy(dependency: str) -> DependencyPolicy:
+    """The policy of ``dependency``; ``webhook:<host>`` uses the ``webhook`` template."""
+    template = dependency.split(":", 1)[0]
+    policy = _configured()[template]
+    if template != dependency:
+        policy = dataclasses.replace(policy, name=dependency)
+    return policy
+
+
+def all_policies() -> dict[str, DependencyPolicy]:
+    """Every configured dependency's policy, by name."""
+    return dict(_configured())
+
+
+def reset_policies() -> None:
+    """Forget built policies (tests change settings; the registry rebuilds on next use)."""
+    _configured.cache_clear()

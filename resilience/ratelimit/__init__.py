@@ -1,0 +1,18 @@
+"""Rate limiting: token buckets in one atomic Redis script, with a per-process fallback.
+
+Public surface:
+
+* :class:`~resilience.ratelimit.middleware.RateLimitMiddleware`: the global per-IP
+  flood limit before authentication, and the ``RateLimit`` header fields.
+* :mod:`~resilience.ratelimit.throttles`: DRF throttles naming policies
+  (``SignupThrottle``, ``LoginThrottle``, ``OrderCreateThrottle``, ``OrderReportThrottle``,
+  or a ``TokenBucketThrottle`` subclass of your own).
+* :func:`~resilience.ratelimit.business.business_ratelimit`: fixed-window business rules
+  on django-ratelimit, answered as 429.
+* :func:`~resilience.ratelimit.limiter.check_request` and
+  :class:`~resilience.ratelimit.limiter.Limiter` for anything else.
+
+Policies live in ``settings.RESILIENCE_RATELIMIT``; see ``docs/patterns/
+token-bucket-rate-limiting.md`` and ``adr/0004-rate-limit-storage-and-algorithm.md``.
+Submodules are imported where used, so importing this package stays cheap.
+"""

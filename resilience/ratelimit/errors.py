@@ -1,0 +1,69 @@
+"""Rate-limit errors in the project's error model, rendered as RFC 9457 problems.
+
+The problem types are the ones of draft-ietf-httpapi-ratelimit-headers (REFERENCE.md):
+``quota-exceeded`` with 429 and ``temporary-reduced-capacity`` with 503, each with the
+``violated-policies`` extension member. ``code`` stays our stable machine code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from common.errors import ApplicationError
+
+QUOTA_EXCEEDED_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+REDUCED_CAPACITY_TYPE = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+
+
+class RateLimitedError(ApplicationError):
+    """429: the client used up a quota; ``Retry-After`` says when it has room again."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Request cannot be satisfied as assigned quota has been exceeded"
+
+    def __init__(
+        self,
+        *,
+        policies: Sequence[str],
+        retry_after: int | None,
+        headers: Mapping[str, str] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.policies = list(policies)
+        self.retry_after = retry_after
+        headers = dict(headers or {})
+        extra: dict[str, object] = {"type": QUOTA_EXCEEDED_TYPE, "violated-policies": self.policies}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+            extra["retry_after"] = retry_after
+        if detail is None:
+            detail = "Too many requests."
+            if retry_after is not None:
+                detail = f"Too many requests; retry after {retry_after} s."
+        super().__init__(
+            detail,
+            headers=headers,
+            extra=extra,
+        )
+
+
+class RateLimiterUnavailableError(ApplicationError):
+    """503: a fail-closed policy cannot be checked because its store is unavailable."""
+
+    status = 503
+    code = "rate_limiter_unavailable"
+    title = "Request cannot be satisfied due to temporary server capacity constraints"
+
+    def __init__(self, *, policies: Sequence[str], retry_after: int) -> None:
+        self.policies = list(policies)
+        self.retry_after = retry_after
+        super().__init__(
+            "This endpoint is limited and its limiter is unavailable; retry later.",
+            headers={"Retry-After": str(retry_after)},
+            extra={
+                "type": REDUCED_CAPACITY_TYPE,
+                "violated-policies": self.policies,
+                "retry_after": retry_after,
+            },
+        )

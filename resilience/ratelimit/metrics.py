@@ -1,0 +1,28 @@
+"""Prometheus metrics of the rate limiter (names prefixed ``resilience_ratelimit_``).
+
+Counters and histograms only, so they aggregate across gunicorn workers in
+prometheus_client's multiprocess mode without a ``multiprocess_mode``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+DECISIONS = Counter(
+    "resilience_ratelimit_decisions_total",
+    "Rate-limit decisions per policy. result: allowed, limited, dry_run_limited, "
+    "unavailable (fail-closed policy while Redis is down); mode: redis, fallback "
+    "(per-process bucket), fixed_window (django-ratelimit business rules).",
+    ["policy", "result", "mode"],
+)
+REDIS_CALL_SECONDS = Histogram(
+    "resilience_ratelimit_redis_call_seconds",
+    "Duration of one limiter call to Redis (one EVALSHA per decision), by outcome.",
+    ["outcome"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+REDIS_ERRORS = Counter(
+    "resilience_ratelimit_redis_errors_total",
+    "Limiter calls to Redis that failed or were refused by the open breaker, by error.",
+    ["error"],
+)

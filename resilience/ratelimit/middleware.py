@@ -1,0 +1,61 @@
+"""The global per-IP flood limit, before authentication, and the RateLimit fields.
+
+Runs early in ``MIDDLEWARE`` so a flood is refused before any authentication, database
+or view work. On the way out it writes ``RateLimit-Policy`` and ``RateLimit`` for every
+policy checked during the request, including the DRF throttles' ones, on successes and
+refusals alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from common.responses import problem_response
+from resilience.ratelimit.config import get_config
+from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
+from resilience.ratelimit.limiter import Decision, check_request, response_headers
+
+
+class RateLimitMiddleware:
+    """Apply the configured flood policy to matching paths; add the RateLimit fields."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        config = get_config()
+        policy = config.middleware_policy
+        if (
+            config.enabled
+            and policy is not None
+            and request.path.startswith(config.middleware_path_prefixes)
+        ):
+            decision = check_request(request, [policy])
+            if not decision.allowed:
+                return self._refusal(request, decision)
+        response = self.get_response(request)
+        for name, value in response_headers(request).items():
+            response[name] = value
+        return response
+
+    @staticmethod
+    def _refusal(request: HttpRequest, decision: Decision) -> HttpResponse:
+        # The same errors the DRF exception handler renders, so both answers match.
+        error: RateLimitedError | RateLimiterUnavailableError
+        if decision.unavailable:
+            error = RateLimiterUnavailableError(
+                policies=decision.unavailable, retry_after=decision.retry_after
+            )
+        else:
+            error = RateLimitedError(policies=decision.violated, retry_after=decision.retry_after)
+        return problem_response(
+            request,
+            status=error.status,
+            code=error.code,
+            title=error.title,
+            detail=error.detail,
+            headers={**error.headers, **response_headers(request)},
+            extra=error.extra,
+        )

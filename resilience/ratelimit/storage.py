@@ -1,0 +1,208 @@
+"""Where buckets live: Redis (fleet-wide, one atomic script) or process memory (fallback).
+
+Both stores run the same algorithm, GCRA, which is a token bucket that stores a single
+timestamp per bucket (the "theoretical arrival time"). Both check several buckets at
+once and consume from them only when every enforced one has room.
+
+Every Redis call of the limiter goes through :meth:`RedisBucketStore.execute`, the one
+seam where the process-local ``redis`` circuit breaker and the latency metric sit.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pybreaker
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from resilience.breakers import BreakerOpenError, breaker
+from resilience.ratelimit import metrics
+from resilience.ratelimit.config import RedisOptions
+
+T = TypeVar("T")
+MICROS = 1_000_000
+LUA_SOURCE = (Path(__file__).parent / "token_bucket.lua").read_text()
+# The dependency name of the breaker that guards this Redis (settings.RESILIENCE).
+BREAKER_NAME = "redis"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One bucket to check: its key and shape, the request's cost, and whether it binds."""
+
+    key: str
+    capacity: float
+    interval_s: float
+    cost: int = 1
+    enforce: bool = True
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """A bucket's answer: room or not, tokens left, and the times a client needs."""
+
+    ok: bool
+    remaining: int
+    retry_after_s: float
+    next_token_s: float
+    reset_s: float
+
+
+class StoreUnavailableError(Exception):
+    """Redis could not answer (down, slow, pool exhausted, or its breaker is open)."""
+
+
+def build_client(options: RedisOptions) -> redis.Redis:
+    """The limiter's own Redis client: never the cache's, never retried.
+
+    A ``BlockingConnectionPool`` waits at most ``pool_timeout_s`` for a free connection
+    and then raises ``ConnectionError``, so a burst cannot open unbounded connections (a
+    bulkhead for Redis). Connect and socket timeouts are tens of milliseconds and there
+    is no client-level retry: the fallback bucket is cheaper than waiting (adr/0004).
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        options.url,
+        max_connections=options.max_connections,
+        timeout=options.pool_timeout_s,
+        socket_timeout=options.socket_timeout_s,
+        socket_connect_timeout=options.connect_timeout_s,
+        retry=Retry(NoBackoff(), retries=0),
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+class RedisBucketStore:
+    """Buckets in Redis, decided by one EVALSHA per request (the script is in Lua).
+
+    ``clock`` (seconds) is for tests only; without it the script reads Redis' own
+    clock, so every web process agrees on time whatever their hosts' clocks say.
+    """
+
+    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] | None = None) -> None:
+        self.client = client
+        self._clock = clock
+        self._script = client.register_script(LUA_SOURCE)
+
+    def execute(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one Redis call behind the ``redis`` breaker; the limiter's only way to Redis.
+
+        Raises :class:`StoreUnavailableError` for any Redis error or an open breaker, so
+        the caller falls back instead of failing the request.
+        """
+        started = time.perf_counter()
+        try:
+            result = breaker(BREAKER_NAME).call(func, *args, **kwargs)
+        except (redis.RedisError, pybreaker.CircuitBreakerError) as exc:
+            outcome = "breaker_open" if isinstance(exc, BreakerOpenError) else "error"
+            metrics.REDIS_CALL_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+            metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+            raise StoreUnavailableError(type(exc).__name__) from exc
+        metrics.REDIS_CALL_SECONDS.labels("ok").observe(time.perf_counter() - started)
+        return result
+
+    def consume(self, buckets: Sequence[Bucket]) -> tuple[bool, list[BucketState]]:
+        """Check ``buckets`` in one round trip; consume from all of them or from none."""
+        now = "" if self._clock is None else str(int(self._clock() * MICROS))
+        args: list[Any] = [now]
+        for bucket in buckets:
+            args += [
+                repr(float(bucket.capacity)),
+                repr(bucket.interval_s * MICROS),
+                bucket.cost,
+                "1" if bucket.enforce else "0",
+            ]
+        raw = self.execute(self._script, keys=[b.key for b in buckets], args=args)
+        states = [
+            BucketState(
+                ok=bool(raw[i]),
+                remaining=int(raw[i + 1]),
+                retry_after_s=int(raw[i + 2]) / MICROS,
+                next_token_s=int(raw[i + 3]) / MICROS,
+                reset_s=int(raw[i + 4]) / MICROS,
+            )
+            for i in range(1, len(raw), 5)
+        ]
+        return bool(raw[0]), states
+
+    def delete(self, keys: Sequence[str]) -> int:
+        """Empty the given buckets' history (an operator's reset); returns how many existed."""
+        return int(self.execute(self.client.delete, *keys)) if keys else 0
+
+    def peek(self, key: str) -> float | None:
+        """Stored TAT of ``key`` in seconds on Redis' clock, or None (a full bucket)."""
+        raw = self.execute(self.client.get, key)
+        return None if raw is None else float(raw) / MICROS
+
+
+class LocalBucketStore:
+    """The same algorithm in process memory: the fallback while Redis is unavailable.
+
+    The limiter hands it buckets whose capacity and rate are already divided by the
+    number of processes that share the limit. Memory is bounded: beyond ``max_keys``
+    buckets, full ones are dropped first (they carry no state), then the oldest.
+    """
+
+    def __init__(self, *, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_keys = max_keys
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def consume(self, buckets: Sequence[Bucket]) -> tuple[bool, list[BucketState]]:
+        """Check and consume like the Lua script, under one lock (atomic per process)."""
+        with self._lock:
+            now = self._clock()
+            tats = [max(self._tats.get(b.key, now), now) for b in buckets]
+            new_tats = [tat + b.cost * b.interval_s for tat, b in zip(tats, buckets, strict=True)]
+            oks = [
+                new - now <= b.capacity * b.interval_s + 1e-12
+                for new, b in zip(new_tats, buckets, strict=True)
+            ]
+            allowed = all(ok for ok, b in zip(oks, buckets, strict=True) if b.enforce)
+            states = []
+            for bucket, tat, new_tat, ok in zip(buckets, tats, new_tats, oks, strict=True):
+                stored = tat
+                if allowed and ok:
+                    stored = new_tat
+                    self._tats.pop(bucket.key, None)  # re-insert: dict order is recency
+                    self._tats[bucket.key] = stored
+                tokens = bucket.capacity - (stored - now) / bucket.interval_s
+                remaining = max(0, math.floor(tokens + 1e-9))
+                states.append(
+                    BucketState(
+                        ok=ok,
+                        remaining=remaining,
+                        retry_after_s=0.0
+                        if ok
+                        else new_tat - now - bucket.capacity * bucket.interval_s,
+                        next_token_s=((remaining + 1) - tokens) * bucket.interval_s,
+                        reset_s=stored - now,
+                    )
+                )
+            if len(self._tats) > self._max_keys:
+                self._evict(now)
+            return allowed, states
+
+    def _evict(self, now: float) -> None:
+        # Called with the lock held. Full buckets first, then least recently used.
+        for key in [key for key, tat in self._tats.items() if tat <= now]:
+            del self._tats[key]
+        target = int(self._max_keys * 0.9)
+        while len(self._tats) > target:
+            del self._tats[next(iter(self._tats))]
+
+    def clear(self) -> None:
+        """Forget every bucket (tests, and an operator's reset of one process)."""
+        with self._lock:
+            self._tats.clear()

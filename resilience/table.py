@@ -1,0 +1,53 @@
+"""The effective timeout and policy table, as printed by ``manage.py resilience``.
+
+``docs/timeouts.md`` is this table; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from resilience.policies import DependencyPolicy, all_policies
+
+HEADER = (
+    "| dependency | connect | read / statement | pool wait | attempts | backoff (full jitter) "
+    "| retry budget | breaker | bulkhead |"
+)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} s"
+
+
+def row(policy: DependencyPolicy) -> str:
+    t = policy.timeouts
+    read = t.read_s if t.read_s is not None else t.statement_s
+    retry = policy.retry
+    attempts = str(retry.max_attempts) if retry else "1"
+    backoff = f"base {retry.base_s:g} s, cap {retry.cap_s:g} s" if retry else "-"
+    budget = (
+        f"{retry.budget_ratio:.0%} of calls / {retry.budget_window_s:g} s + {retry.budget_min_retries}"
+        if retry
+        else "-"
+    )
+    breaker = (
+        f"{policy.breaker.fail_max} failures, open {policy.breaker.reset_timeout_s:g} s"
+        f"{', shared' if policy.breaker.shared else ', per process'}"
+        if policy.breaker
+        else "-"
+    )
+    bulkhead = (
+        f"{policy.bulkhead.max_concurrent}, wait {policy.bulkhead.max_wait_s:g} s"
+        if policy.bulkhead
+        else "-"
+    )
+    cells = [
+        policy.name, _seconds(t.connect_s), _seconds(read), _seconds(t.pool_wait_s),
+        attempts, backoff, budget, breaker, bulkhead,
+    ]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def render() -> str:
+    """The markdown table of every configured dependency."""
+    lines = [HEADER, "|" + "---|" * 9]
+    lines += [row(policy) for policy in all_policies().values()]
+    return "\n".join(lines) + "\n"

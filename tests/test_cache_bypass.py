@@ -1,0 +1,98 @@
+"""Redis down: the cache behaves as empty, fast, and comes back when Redis does."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import redis
+
+from resilience.breakers import breaker
+from resilience.cache import ResilientRedisCache
+from tests.processes import free_port, wait_for
+
+
+def cache_at(port: int) -> ResilientRedisCache:
+    return ResilientRedisCache(
+        f"redis://127.0.0.1:{port}/0",
+        {
+            "OPTIONS": {"socket_connect_timeout": 0.05, "socket_timeout": 0.05},
+            "KEY_PREFIX": "bypass",
+        },
+    )
+
+
+def pings(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server this test owns, so it may kill it (never the shared one)."""
+    port = free_port()
+    processes = []
+
+    def start():
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        wait_for(lambda: pings(port), timeout=10, what="redis up")
+
+    start()
+    yield port, processes, start
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_a_dead_redis_costs_nothing_once_the_breaker_opens():
+    cache = cache_at(free_port())
+    started = time.perf_counter()
+    for _ in range(200):
+        assert cache.get("k", "default") == "default"
+        cache.set("k", "v")
+    elapsed = time.perf_counter() - started
+    assert breaker("redis").current_state == "open"
+    assert elapsed < 1.0, f"400 cache calls against a dead Redis took {elapsed:.2f} s"
+
+
+def test_redis_killed_and_restarted(own_redis, settings):
+    port, processes, start = own_redis
+    cache = cache_at(port)
+    cache.set("greeting", "hello")
+    assert cache.get("greeting") == "hello"
+
+    processes[-1].kill()
+    processes[-1].wait()
+    for _ in range(10):
+        assert cache.get("greeting") is None  # a miss, never an exception
+    assert breaker("redis").current_state == "open"
+
+    start()
+    breaker("redis")._state_storage.opened_at = breaker("redis")._state_storage.opened_at.replace(
+        year=2000
+    )
+    wait_for(
+        lambda: cache.set("greeting", "again") is None and cache.get("greeting") == "again",
+        timeout=10,
+        what="cache back",
+    )
+    assert breaker("redis").current_state == "closed"

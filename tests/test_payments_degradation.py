@@ -1,0 +1,210 @@
+"""Payments failing in every way never fails an order: breaker, budget, bulkhead, deferral.
+
+The payments provider is a real HTTP service (chaos.payments) on free ports.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+
+import pytest
+from django.test import Client
+
+from conftest import client_for, override_policy
+from orders.models import Order
+from orders.services import order_authorize_deferred
+from resilience import metrics
+from resilience.breakers import breaker
+from tests.processes import child_environment, running, wait_for
+
+pytestmark = pytest.mark.usefixtures("no_rate_limits")
+
+ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 2, "unit_price": 1250}]}
+
+
+def place(client) -> tuple[int, dict, float]:
+    started = time.perf_counter()
+    response = client.post("/api/v1/orders", ORDER, format="json")
+    return response.status_code, response.json(), time.perf_counter() - started
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@pytest.mark.django_db
+def test_payments_healthy_the_order_is_paid_once(payments, auth_client):
+    status, body, _ = place(auth_client)
+    assert (status, body["status"]) == (201, "paid")
+    order = Order.objects.get(id=body["id"])
+    assert order.payment_authorization_id.startswith("auth_")
+    assert payments.stats()["authorizations"] == 1
+    assert payments.requests_by_key() == {f"order-{order.id}": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, databases=["default", "background"])
+def test_payments_hard_down_orders_are_deferred_then_paid_exactly_once(
+    payments, settings, user, tmp_path, capsys
+):
+    override_policy(settings, "payments", breaker={"reset_timeout_s": 1.0})
+    client = client_for(user)
+    payments.set_faults(down=True)
+    refused = metrics.BREAKER_NOT_PERMITTED.labels("payments")
+    refused_before = refused._value.get()
+
+    latencies = []
+    for _ in range(15):
+        status, body, elapsed = place(client)
+        assert (status, body["status"]) == (201, "pending_payment")
+        latencies.append(elapsed)
+    assert breaker("payments").current_state == "open"
+    policy_timeout = 0.25 + 1.0  # connect + read of one attempt
+    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+    with capsys.disabled():
+        print(f"\npayments down: order latency p50={p50 * 1000:.1f} ms p99={p99 * 1000:.1f} ms")
+    assert p99 < policy_timeout
+    # Once open, orders stop reaching payments at all: the refusals are counted.
+    assert refused._value.get() - refused_before >= 10
+
+    payments.set_faults(down=False)
+    wait_for(lambda: breaker("payments").open_remaining_s() == 0, timeout=5, what="open period")
+    Order.objects.filter(status="pending_payment").update(
+        next_payment_attempt_at="2000-01-01T00:00Z"
+    )
+
+    # A real worker process sweeps and authorises the deferred orders.
+    log = tmp_path / "worker.log"
+    env = child_environment(
+        PAYMENTS_URL=payments.api_url,
+        PAYMENTS_BREAKER_RESET_S="1",
+        ORDERS_DEFERRED_PAYMENT_BASE_S="0.2",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "-Q",
+        "default",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"pay-{tmp_path.name}@%h",
+    ]
+    from orders.tasks import sweep_deferred_payments
+
+    with running(command, env=env, log_path=log):
+        wait_for(
+            lambda: "ready" in log.read_text(errors="replace"), timeout=30, what="worker ready"
+        )
+        sweep_deferred_payments.delay()
+        wait_for(
+            lambda: not Order.objects.filter(status="pending_payment").exists(),
+            timeout=30,
+            what="every deferred order authorised",
+        )
+    orders = list(Order.objects.all())
+    assert {o.status for o in orders} == {"paid"}
+    by_key = payments.requests_by_key()
+    assert payments.stats()["authorizations"] == len(orders) == 15
+    assert all(by_key[f"order-{o.id}"] >= 1 for o in orders)
+    assert len({o.payment_authorization_id for o in orders}) == 15
+
+
+def amplification(payments, settings, user, *, budget: bool, orders: int = 50) -> float:
+    """Calls reaching payments per order while it answers 503 to everything."""
+    override_policy(
+        settings,
+        "payments",
+        breaker={"fail_max": 10_000},  # isolate the budget: keep the breaker out of it
+        retry={"budget_min_retries": 3 if budget else 1_000_000, "base_s": 0.001, "cap_s": 0.002},
+    )
+    payments.reset()
+    payments.set_faults(error_rate=1.0, error_status=503, retry_after=0)
+    client = client_for(user)
+    for _ in range(orders):
+        status, body, _ = place(client)
+        assert (status, body["status"]) == (201, "pending_payment")
+    return payments.stats()["requests"] / orders
+
+
+@pytest.mark.django_db
+def test_the_retry_budget_caps_load_on_a_failing_dependency(payments, settings, user, capsys):
+    with_budget = amplification(payments, settings, user, budget=True)
+    without_budget = amplification(payments, settings, user, budget=False)
+    with capsys.disabled():
+        print(
+            f"\n503 storm: calls per order with budget {with_budget:.2f}, without {without_budget:.2f}"
+        )
+    assert with_budget <= 1 + 0.2 + 3 / 50 + 0.05
+    assert without_budget >= 2.9
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_slow_payments_fill_the_bulkhead_and_only_payments_calls_wait(
+    payments, settings, user, capsys
+):
+    override_policy(
+        settings,
+        "payments",
+        bulkhead={"max_concurrent": 2, "max_wait_s": 0.05},
+        retry={"max_attempts": 1},
+    )
+    token_client = client_for(user)
+    headers = dict(token_client._credentials)
+
+    def timed_get() -> float:
+        started = time.perf_counter()
+        assert Client(**headers).get("/api/v1/orders").status_code == 200
+        return time.perf_counter() - started
+
+    baseline = [timed_get() for _ in range(20)]
+    payments.set_faults(latency_ms=800)
+    results: list[tuple[str, float]] = []
+    barrier = threading.Barrier(6)
+
+    def order():
+        barrier.wait(timeout=5)
+        started = time.perf_counter()
+        response = Client(**headers).post("/api/v1/orders", ORDER, content_type="application/json")
+        results.append((response.json()["status"], time.perf_counter() - started))
+
+    threads = [threading.Thread(target=order) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    wait_for(
+        lambda: metrics.BULKHEAD_IN_USE.labels("payments")._value.get() == 2,
+        timeout=5,
+        what="slots held",
+    )
+    during = [timed_get() for _ in range(20)]
+    for thread in threads:
+        thread.join(timeout=10)
+
+    paid = [t for status, t in results if status == "paid"]
+    deferred = [t for status, t in results if status == "pending_payment"]
+    with capsys.disabled():
+        print(
+            f"\nslow payments: GET /orders p50 {statistics.median(baseline) * 1000:.1f} ms before, "
+            f"{statistics.median(during) * 1000:.1f} ms during; rejected orders answered in "
+            f"{max(deferred) * 1000:.0f} ms max, admitted ones in {min(paid) * 1000:.0f} ms min"
+        )
+    assert len(paid) == 2
+    assert len(deferred) == 4
+    assert max(deferred) < min(paid) / 2  # refused fast, not queued behind the slow calls
+    assert statistics.median(during) < 3 * statistics.median(baseline) + 0.05

@@ -1,0 +1,100 @@
+"""Postgres unreachable: the breaker opens, the API answers 503 fast, and recovers alone.
+
+Postgres is cut through the chaos proxy (never by stopping the shared server): a
+gunicorn process reaches the test database only through it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from rest_framework.authtoken.models import Token
+
+from chaos.proxy import ProxyServer
+from chaos.toxiproxy_client import ToxiproxyClient
+from tests.processes import child_environment, free_port, running, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def get(url: str, token: str) -> tuple[int, dict[str, str], float]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})  # noqa: S310
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            status, headers = response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, headers = error.code, dict(error.headers)
+    except OSError:
+        status, headers = 0, {}
+    return status, headers, time.perf_counter() - started
+
+
+@pytest.fixture
+def toxiproxy():
+    server = ProxyServer(port=0)
+    port = server.start_in_thread()
+    try:
+        yield ToxiproxyClient(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+def test_postgres_cut_gives_fast_503_then_recovers(toxiproxy, user, tmp_path, capsys):
+    from django.db import connections
+
+    db = connections["default"].settings_dict
+    proxy = toxiproxy.create_proxy("postgres", "127.0.0.1:0", f"{db['HOST']}:{db['PORT']}")
+    proxy_port = int(proxy["listen"].rsplit(":", 1)[1])
+    token = Token.objects.create(user=user).key
+    port = free_port()
+    env = child_environment(
+        WEB_PORT=str(port),
+        WEB_WORKERS="1",
+        DATABASE_URL=f"postgres://{db['USER']}@127.0.0.1:{proxy_port}/{db['NAME']}",
+        POSTGRES_BREAKER_RESET_S="1",
+    )
+    url = f"http://127.0.0.1:{port}/api/v1/orders"
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "config.wsgi:application",
+        "-c",
+        "config/gunicorn.py",
+    ]
+    with running(command, env=env, log_path=tmp_path / "web.log"):
+        wait_for(lambda: get(url, token)[0] == 200, timeout=30, what="web ready")
+
+        toxiproxy.set_enabled("postgres", False)
+        # Until the breaker opens, requests wait for the pool (its short timeout) and fail.
+        wait_for(
+            lambda: get(url, token)[0] == 503 and get(url, token)[2] < 0.05,
+            timeout=30,
+            interval=0.01,
+            what="breaker open",
+        )
+        answers = [get(url, token) for _ in range(20)]
+        statuses = {status for status, _, _ in answers}
+        latencies = [elapsed for _, _, elapsed in answers]
+        p50 = statistics.median(latencies)
+        assert statuses == {503}
+        assert all(int(headers["Retry-After"]) >= 1 for _, headers, _ in answers)
+        assert all(
+            headers["Content-Type"] == "application/problem+json" for _, headers, _ in answers
+        )
+        assert p50 < 0.05, f"open breaker answered in {p50 * 1000:.1f} ms"
+
+        toxiproxy.set_enabled("postgres", True)
+        cut_healed = time.perf_counter()
+        wait_for(lambda: get(url, token)[0] == 200, timeout=30, interval=0.1, what="recovery")
+        recovered_in = time.perf_counter() - cut_healed
+    with capsys.disabled():
+        print(
+            f"\npostgres cut: 503 p50 {p50 * 1000:.1f} ms while open; recovered {recovered_in:.1f} s after heal"
+        )
