@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -30,31 +31,43 @@ from resilience.ratelimit.business import ratelimited_to_problem
 logger = logging.getLogger(__name__)
 
 
-def _translate(exc: Exception) -> Exception:
-    """Map Django and database exceptions onto DRF or domain ones."""
-    if isinstance(exc, Http404):
-        return drf.NotFound()
-    if isinstance(exc, Ratelimited):  # a PermissionDenied subclass: 429, never 403
-        return ratelimited_to_problem(exc)
-    if isinstance(exc, PermissionDenied):
-        return drf.PermissionDenied()
-    if isinstance(exc, RequestDataTooBig):
-        return _BodyTooLarge()
-    if isinstance(exc, BreakerOpenError):
-        return DependencyUnavailableError(
+def _database_unavailable(exc: Exception) -> Exception:
+    # Connection refused, pool timeout, statement timeout: the database cannot serve
+    # this request now. Fail fast with a hint instead of a 500.
+    logger.warning("database unavailable", extra={"error": type(exc).__name__})
+    return DependencyUnavailableError(
+        "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
+    )
+
+
+# Django, database and resilience exceptions mapped onto DRF or domain ones. Order
+# matters: Ratelimited is a PermissionDenied subclass and must answer 429, never 403.
+_TRANSLATIONS: list[tuple[type | tuple[type, ...], Callable[[Any], Exception]]] = [
+    (Http404, lambda _: drf.NotFound()),
+    (Ratelimited, ratelimited_to_problem),
+    (PermissionDenied, lambda _: drf.PermissionDenied()),
+    (RequestDataTooBig, lambda _: _BodyTooLarge()),
+    (
+        BreakerOpenError,
+        lambda exc: DependencyUnavailableError(
             exc.dependency, retry_after=_whole_seconds(exc.retry_after_s)
-        )
-    if isinstance(exc, BulkheadFullError | DeadlineExceededError):
-        return DependencyUnavailableError(
+        ),
+    ),
+    (
+        (BulkheadFullError, DeadlineExceededError),
+        lambda exc: DependencyUnavailableError(
             exc.dependency, retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
-        )
-    if isinstance(exc, OperationalError | InterfaceError):
-        # Connection refused, pool timeout, statement timeout: the database cannot serve
-        # this request now. Fail fast with a hint instead of a 500.
-        logger.warning("database unavailable", extra={"error": type(exc).__name__})
-        return DependencyUnavailableError(
-            "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
-        )
+        ),
+    ),
+    ((OperationalError, InterfaceError), _database_unavailable),
+]
+
+
+def _translate(exc: Exception) -> Exception:
+    """Map Django, database and resilience exceptions onto DRF or domain ones."""
+    for types, factory in _TRANSLATIONS:
+        if isinstance(exc, types):
+            return factory(exc)
     return exc
 
 

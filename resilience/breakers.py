@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -138,7 +137,7 @@ class SharedStateStorage(pybreaker.CircuitBreakerStorage):
         self._local.increment_counter()
         shared = self._redis("hincrby", "failures", 1)
         if shared is not None:
-            self._local._fail_counter = int(shared)  # noqa: SLF001 - keep the mirror in step
+            self._local._fail_counter = int(shared)
 
     def reset_counter(self) -> None:
         self._local.reset_counter()
@@ -242,9 +241,9 @@ class Breaker(pybreaker.CircuitBreaker):
             state = self.state
             try:
                 if exc is None:
-                    state._handle_success()  # noqa: SLF001 - pybreaker's own bookkeeping
+                    state._handle_success()
                 else:
-                    state._handle_error(exc, reraise=False)  # noqa: SLF001
+                    state._handle_error(exc, reraise=False)
             except BaseException:  # noqa: BLE001, S110 - pybreaker re-raises on trip; we do below
                 pass
 

@@ -24,7 +24,8 @@ def row(policy: DependencyPolicy) -> str:
     attempts = str(retry.max_attempts) if retry else "1"
     backoff = f"base {retry.base_s:g} s, cap {retry.cap_s:g} s" if retry else "-"
     budget = (
-        f"{retry.budget_ratio:.0%} of calls / {retry.budget_window_s:g} s + {retry.budget_min_retries}"
+        f"{retry.budget_ratio:.0%} of calls / {retry.budget_window_s:g} s"
+        f" + {retry.budget_min_retries}"
         if retry
         else "-"
     )

@@ -15,7 +15,6 @@ from django.test import Client
 
 from conftest import client_for, override_policy
 from orders.models import Order
-from orders.services import order_authorize_deferred
 from resilience import metrics
 from resilience.breakers import breaker
 from tests.processes import child_environment, running, wait_for
@@ -148,7 +147,8 @@ def test_the_retry_budget_caps_load_on_a_failing_dependency(payments, settings, 
     without_budget = amplification(payments, settings, user, budget=False)
     with capsys.disabled():
         print(
-            f"\n503 storm: calls per order with budget {with_budget:.2f}, without {without_budget:.2f}"
+            f"\n503 storm: calls per order with budget {with_budget:.2f},"
+            f" without {without_budget:.2f}"
         )
     assert with_budget <= 1 + 0.2 + 3 / 50 + 0.05
     assert without_budget >= 2.9

@@ -96,5 +96,6 @@ def test_postgres_cut_gives_fast_503_then_recovers(toxiproxy, user, tmp_path, ca
         recovered_in = time.perf_counter() - cut_healed
     with capsys.disabled():
         print(
-            f"\npostgres cut: 503 p50 {p50 * 1000:.1f} ms while open; recovered {recovered_in:.1f} s after heal"
+            f"\npostgres cut: 503 p50 {p50 * 1000:.1f} ms while open;"
+            f" recovered {recovered_in:.1f} s after heal"
         )

@@ -140,7 +140,9 @@ def test_report_aggregates_by_day_status_and_currency(auth_client, user, make_us
 
     rows = auth_client.get(f"{ORDERS}/report").json()["rows"]
     today = timezone.now().date().isoformat()
-    counts = {(r["day"], r["status"], r["currency"]): (r["orders"], r["total_amount"]) for r in rows}
+    counts = {
+        (r["day"], r["status"], r["currency"]): (r["orders"], r["total_amount"]) for r in rows
+    }
     assert counts[(today, "pending", "EUR")] == (2, 5000)
     assert counts[(today, "paid", "EUR")] == (1, 2500)
     assert counts[(today, "pending", "USD")] == (1, 2500)

@@ -10,7 +10,7 @@ from django.db.backends.postgresql import base
 from resilience.breakers import breaker
 
 
-def _guarded_execute(execute, sql, params, many, context):  # noqa: ANN001 - Django's wrapper API
+def _guarded_execute(execute, sql, params, many, context):
     return breaker("postgres").call(execute, sql, params, many, context)
 
 

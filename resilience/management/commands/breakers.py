@@ -32,7 +32,7 @@ class Command(BaseCommand):
                     "shared"
                     if type(cb._state_storage).__name__ == "SharedStateStorage"
                     else "local"
-                )  # noqa: SLF001
+                )
                 remaining = cb.open_remaining_s()
                 extra = f", reopens in {remaining:.1f} s" if remaining else ""
                 self.stdout.write(

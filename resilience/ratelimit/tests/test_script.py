@@ -96,11 +96,11 @@ def test_a_decision_is_a_single_client_command_on_the_wire(settings, own_redis):
                 if sentinel in command["command"]:
                     return
 
+    probe = own_redis.client()
+    probe.ping()  # connect (HELLO, CLIENT SETINFO) before anyone watches
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     assert ready.wait(MONITOR_TIMEOUT_S)
-    # MONITOR is registered once the server acknowledged it; wait for our own echo.
-    probe = own_redis.client()
     for _ in range(3):
         limiter.check(checks)
     probe.echo(sentinel)
@@ -148,8 +148,8 @@ def test_refill_follows_the_clock_capacity_plus_rate_times_seconds(redis_store, 
     for _ in range(20):  # drains the burst
         admitted += redis_store.consume([shape])[0]
     assert admitted == 10
-    for _ in range(30):  # 3 s in steps of 0.1 s, asking 3 times per step
-        fake_clock.advance(0.1)
+    for _ in range(24):  # 3 s in steps of 1/8 s (exact in binary), asking 3 times per step
+        fake_clock.advance(0.125)
         admitted += sum(redis_store.consume([shape])[0] for _ in range(3))
     assert admitted == 10 + 4 * 3
 
