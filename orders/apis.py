@@ -18,7 +18,19 @@ from orders.serializers import (
     OrderReportInputSerializer,
     OrderReportOutputSerializer,
 )
+from resilience.idempotency import idempotent
 from resilience.ratelimit.throttles import OrderCreateThrottle, OrderReportThrottle
+
+ORDER_CREATE_SCOPE = "orders.create"
+
+
+def order_created_response(order) -> Response:
+    """The 201 of a placed order (also what the idempotency completer stores)."""
+    return Response(
+        OrderOutputSerializer(order).data,
+        status=status.HTTP_201_CREATED,
+        headers={"Location": f"/api/v1/orders/{order.id}"},
+    )
 
 
 class OrderListCreateApi(APIView):
@@ -29,11 +41,16 @@ class OrderListCreateApi(APIView):
         responses={201: OrderOutputSerializer},
         operation_id="orders_create",
     )
+    @idempotent(scope=ORDER_CREATE_SCOPE)
     def post(self, request: Request) -> Response:
+        # Validation runs before the first recovery point: a 400 stores nothing, so the
+        # client may fix the body and retry with the same key (Stripe's rule).
         data = OrderCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        order = services.order_place(owner=request.user, **data.validated_data)
-        return Response(OrderOutputSerializer(order).data, status=status.HTTP_201_CREATED)
+        order = services.order_place(
+            owner=request.user, recovery=request.idempotency, **data.validated_data
+        )
+        return order_created_response(order)
 
     @extend_schema(
         responses={200: OrderOutputSerializer(many=True)},

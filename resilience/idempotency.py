@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
+from django.db import connections, transaction
 from django.db.models import F, Q, Subquery
 from django.http import HttpResponse, HttpResponseBase
 from django.utils import timezone
@@ -647,8 +647,9 @@ def _end(ctx: IdempotencyContext, result: str, write: Callable[[], bool], **fiel
     """Finish an attempt with ``write``; a lost lock or a failing database is only logged."""
     try:
         done = write()
-    except DatabaseError:
-        # The lock then expires on its own; the client's retry resumes after the timeout.
+    except Exception:  # best effort: never mask the view's own answer or error
+        # Database down, breaker open: the lock then expires on its own and the client's
+        # retry resumes after the timeout.
         logger.exception("idempotency record update failed", extra={"result": result})
         done = False
     result = result if done else "lock_lost"

@@ -304,6 +304,20 @@ def test_a_5xx_before_any_recovery_point_keeps_the_key_for_the_same_body(user):
     assert Order.objects.filter(owner=user).count() == 1
 
 
+def test_a_worker_timeout_system_exit_releases_the_lock_at_once(user):
+    """gunicorn's worker timeout raises SystemExit in the request thread."""
+    client = client_for(user)
+    key = new_key()
+    views.FAULTS["after_order_created"] = raise_(SystemExit(1))
+    with pytest.raises(SystemExit):
+        post(client, key)
+    record = IdempotencyRecord.objects.get(principal=user, key=key)
+    assert (record.recovery_point, record.locked_at) == ("order_created", None)
+    views.FAULTS.clear()
+    assert post(client, key).status_code == 201
+    assert Order.objects.filter(owner=user).count() == 1
+
+
 def test_a_held_lock_is_409_until_it_expires_then_taken_over(user, settings):
     """A process killed mid-request (SIGKILL: no code runs) leaves its lock behind."""
     client = client_for(user)
