@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 from django.db import connections
@@ -50,6 +51,27 @@ def fresh_resilience():
     wipe()
     yield
     wipe()
+
+
+@pytest.fixture
+def wide_request_pool() -> Iterator[None]:
+    """Let 50 threads share the request pool: they queue for a connection, none fail.
+
+    The production pool (8 connections, 16 waiters, 1 s wait) would answer some of the 50
+    with 503 (a correct answer, but not the one under test).
+    """
+    pool_options = connections["default"].settings_dict["OPTIONS"]["pool"]
+    saved = dict(pool_options)
+    connections["default"].close()
+    connections["default"].close_pool()
+    pool_options.update(max_size=20, max_waiting=0, timeout=30)
+    try:
+        yield
+    finally:
+        connections["default"].close()
+        connections["default"].close_pool()
+        pool_options.clear()
+        pool_options.update(saved)
 
 
 @pytest.fixture

@@ -15,11 +15,7 @@ from rest_framework.authtoken.models import Token
 from conftest import client_for
 from orders import services
 from orders.models import Order
-from resilience.tests.test_idempotency_concurrency import (  # noqa: F401 - fixture
-    client_with_token,
-    run_threads,
-    wide_request_pool,
-)
+from tests.concurrency import client_with_token, run_threads
 
 pytestmark = pytest.mark.usefixtures("no_rate_limits")
 

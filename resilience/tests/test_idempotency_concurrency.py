@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.db import connections
 from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from orders.models import Order
 from resilience.idempotency import override_clock
@@ -28,12 +26,12 @@ from resilience.tests.idempotency_helpers import (
     post,
     reset_test_views,
 )
+from tests.concurrency import JOIN_TIMEOUT_S, client_with_token, run_threads
 from tests.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(URLS)]
 
 CONCURRENCY = 50
-JOIN_TIMEOUT_S = 60
 
 
 @pytest.fixture(autouse=True)
@@ -41,57 +39,6 @@ def _clean_test_views():
     reset_test_views()
     yield
     reset_test_views()
-
-
-@pytest.fixture
-def wide_request_pool() -> Iterator[None]:
-    """Let 50 threads share the request pool: they queue for a connection, none fail.
-
-    The production pool (8 connections, 16 waiters, 1 s wait) would answer some of the 50
-    with 503 (a correct answer, but not the one under test).
-    """
-    pool_options = connections["default"].settings_dict["OPTIONS"]["pool"]
-    saved = dict(pool_options)
-    connections["default"].close()
-    connections["default"].close_pool()
-    pool_options.update(max_size=20, max_waiting=0, timeout=30)
-    try:
-        yield
-    finally:
-        connections["default"].close()
-        connections["default"].close_pool()
-        pool_options.clear()
-        pool_options.update(saved)
-
-
-def client_with_token(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-    client.raise_request_exception = False
-    return client
-
-
-def run_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
-    """Run ``target(i)`` in ``count`` threads; return the results, failing on errors."""
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            results[index] = target(index)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
-            errors.append(exc)
-        finally:
-            connections.close_all()  # give the thread's connection back to the pool
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=JOIN_TIMEOUT_S)
-    assert not any(thread.is_alive() for thread in threads), "threads did not finish"
-    assert not errors, errors
-    return results
 
 
 def test_fifty_concurrent_identical_requests_make_exactly_one_order(user, wide_request_pool):

@@ -39,7 +39,9 @@ class Traffic:
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(4)]
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(CLIENT_THREADS)
+        ]
 
     def _run(self) -> None:
         client = APIClient()

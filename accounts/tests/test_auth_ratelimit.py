@@ -1,0 +1,111 @@
+"""Login and signup limits: per IP and per submitted username, against the real stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from resilience.ratelimit.testing import ratelimit_settings
+from tests.problems import assert_problem
+
+pytestmark = pytest.mark.django_db
+
+LOGIN = "/api/v1/auth/login"
+SIGNUP = "/api/v1/auth/signup"
+GOOD_PASSWORD = "a-Long-enough-passphrase-1"
+
+
+@pytest.fixture
+def login_limits(settings, limiter_with_clock):
+    """Small buckets and a trusted local proxy, so tests can pose as many clients."""
+    ratelimit_settings(
+        settings,
+        trusted_proxies=["127.0.0.1/32"],
+        policies={
+            "login_ip": {"capacity": 4, "refill_rate": 1 / 60},
+            "login_username": {"capacity": 3, "refill_rate": 1 / 60},
+        },
+    )
+
+
+def login(client, email, password="wrong-password", ip="198.51.100.1"):
+    return client.post(
+        LOGIN, {"email": email, "password": password}, format="json", HTTP_X_FORWARDED_FOR=ip
+    )
+
+
+def test_after_the_limit_even_the_right_password_waits_for_a_refill(
+    api_client, make_user, login_limits, fake_clock
+):
+    user, password = make_user(email="victim@example.com")
+    for _ in range(3):
+        assert login(api_client, user.email).status_code == 401
+    refused = login(api_client, user.email, password)
+    body = assert_problem(refused, 429, "rate_limited")
+    assert body["violated-policies"] == ["login_username"]
+    assert int(refused["Retry-After"]) == 60
+
+    fake_clock.advance(59.5)
+    assert_problem(login(api_client, user.email, password), 429)
+    fake_clock.advance(0.5)  # one token is back
+    assert login(api_client, user.email, password).status_code == 200
+
+
+def test_rotating_source_ips_does_not_bypass_the_per_username_limit(
+    api_client, make_user, login_limits
+):
+    user, password = make_user(email="target@example.com")
+    for i in range(3):
+        assert login(api_client, user.email, ip=f"203.0.113.{i}").status_code == 401
+    for i in range(3, 8):
+        response = login(api_client, user.email, password, ip=f"203.0.113.{i}")
+        body = assert_problem(response, 429, "rate_limited")
+        assert body["violated-policies"] == ["login_username"]
+
+
+def test_rotating_usernames_does_not_bypass_the_per_ip_limit(api_client, make_user, login_limits):
+    user, password = make_user(email="real@example.com")
+    for i in range(4):
+        assert login(api_client, f"guess{i}@example.com").status_code == 401
+    response = login(api_client, user.email, password)
+    body = assert_problem(response, 429, "rate_limited")
+    assert body["violated-policies"] == ["login_ip"]
+    # The same account from another client is still served: the per-IP limit is per IP.
+    assert login(api_client, user.email, password, ip="198.51.100.200").status_code == 200
+
+
+def test_the_username_is_normalised_before_bucketing(api_client, make_user, login_limits):
+    make_user(email="bob@example.com")
+    variants = ["bob@example.com", "BOB@Example.com", "  bob@EXAMPLE.com "]
+    for i, email in enumerate(variants):
+        assert login(api_client, email, ip=f"192.0.2.{i}").status_code == 401
+    assert_problem(login(api_client, "Bob@example.com", ip="192.0.2.9"), 429)
+
+
+def test_a_spoofed_forwarded_for_from_an_untrusted_client_changes_nothing(
+    api_client, settings, make_user, login_limits
+):
+    ratelimit_settings(settings, trusted_proxies=[])
+    for i in range(4):
+        assert login(api_client, f"u{i}@example.com", ip=f"203.0.113.{i}").status_code == 401
+    body = assert_problem(login(api_client, "u9@example.com", ip="203.0.113.99"), 429)
+    assert body["violated-policies"] == ["login_ip"]
+
+
+def test_signup_is_limited_per_client_ip(api_client, settings, limiter_with_clock):
+    ratelimit_settings(
+        settings,
+        trusted_proxies=["127.0.0.1/32"],
+        policies={"signup": {"capacity": 2, "refill_rate": 1 / 3600}},
+    )
+
+    def signup(n, ip):
+        payload = {"email": f"new{n}@example.com", "password": GOOD_PASSWORD}
+        return api_client.post(SIGNUP, payload, format="json", HTTP_X_FORWARDED_FOR=ip)
+
+    assert signup(1, "198.51.100.1").status_code == 201
+    assert signup(2, "198.51.100.1").status_code == 201
+    response = signup(3, "198.51.100.1")
+    body = assert_problem(response, 429, "rate_limited")
+    assert body["violated-policies"] == ["signup"]
+    assert int(response["Retry-After"]) == 1800  # one token every 30 minutes
+    assert signup(4, "198.51.100.2").status_code == 201
