@@ -80,8 +80,12 @@ class ResilientSession:
         *,
         base_url: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        session_factory: Callable[[int], requests.Session] | None = None,
     ) -> None:
         self.dependency = dependency
+        # Builds each thread's session given the pool size; it mounts its own adapters
+        # (e.g. the SSRF-guarded one of resilience.ssrf for webhook targets).
+        self._session_factory = session_factory
         self.policy = get_policy(dependency)
         if self.policy.timeouts.read_s is None:
             raise ValueError(f"{dependency} has no read timeout: refusing to build a client")
@@ -93,12 +97,15 @@ class ResilientSession:
         session = getattr(self._local, "session", None)
         if session is None:
             size = self.policy.bulkhead.max_concurrent if self.policy.bulkhead else 10
-            session = requests.Session()
-            adapter = HTTPAdapter(
-                pool_connections=1, pool_maxsize=size, pool_block=False, max_retries=0
-            )
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            if self._session_factory is not None:
+                session = self._session_factory(size)
+            else:
+                session = requests.Session()
+                adapter = HTTPAdapter(
+                    pool_connections=1, pool_maxsize=size, pool_block=False, max_retries=0
+                )
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
             self._local.session = session
         return session
 
@@ -153,11 +160,13 @@ _clients: dict[str, ResilientSession] = {}
 _clients_lock = threading.Lock()
 
 
-def client(dependency: str) -> ResilientSession:
-    """The shared resilient session of ``dependency``."""
+def client(
+    dependency: str, *, session_factory: Callable[[int], requests.Session] | None = None
+) -> ResilientSession:
+    """The shared resilient session of ``dependency`` (``session_factory`` on first build)."""
     with _clients_lock:
         if dependency not in _clients:
-            _clients[dependency] = ResilientSession(dependency)
+            _clients[dependency] = ResilientSession(dependency, session_factory=session_factory)
         return _clients[dependency]
 
 

@@ -107,5 +107,5 @@ def test_signup_is_limited_per_client_ip(api_client, settings, limiter_with_cloc
     response = signup(3, "198.51.100.1")
     body = assert_problem(response, 429, "rate_limited")
     assert body["violated-policies"] == ["signup"]
-    assert int(response["Retry-After"]) == 1800  # one token every 30 minutes
+    assert int(response["Retry-After"]) == 3600  # one token an hour
     assert signup(4, "198.51.100.2").status_code == 201

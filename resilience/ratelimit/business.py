@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -28,10 +29,12 @@ from django_ratelimit import ALL
 from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
 
+from common.responses import problem_response
 from resilience.ratelimit import metrics
 from resilience.ratelimit.config import get_config
 from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
 from resilience.ratelimit.headers import ServiceLimit, render, retry_after_seconds
+from resilience.ratelimit.limiter import DECISIONS_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,12 +74,47 @@ def business_ratelimit(
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             request = _request_of(args)
-            check(request, group=group, key=key, rate=rate, method=method, fail_open=fail_open)
+            try:
+                check(request, group=group, key=key, rate=rate, method=method, fail_open=fail_open)
+            except (RateLimitedError, RateLimiterUnavailableError) as exc:
+                if hasattr(request, "_request"):
+                    raise  # a DRF view: the project's exception handler renders it
+                return problem_response(
+                    request,
+                    status=exc.status,
+                    code=exc.code,
+                    title=exc.title,
+                    detail=exc.detail,
+                    headers=exc.headers,
+                    extra=exc.extra,
+                )
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+@dataclass(frozen=True)
+class FixedWindowDecision:
+    """A business rule's verdict, kept on the request for the ``RateLimit`` fields."""
+
+    limit: ServiceLimit
+    mode: str = MODE
+
+    def service_limits(self) -> list[ServiceLimit]:
+        """The figures the middleware advertises for this rule."""
+        return [self.limit]
+
+
+def _remember(request: Any, limit: ServiceLimit) -> None:
+    # The middleware writes RateLimit fields for everything recorded here, on successes.
+    http_request = getattr(request, "_request", request)
+    recorded = getattr(http_request, DECISIONS_ATTRIBUTE, None)
+    if recorded is None:
+        recorded = []
+        setattr(http_request, DECISIONS_ATTRIBUTE, recorded)
+    recorded.append(FixedWindowDecision(limit))
 
 
 def check(
@@ -109,18 +147,16 @@ def check(
         )
     period = _period_seconds(rate)
     time_left = max(0, int(usage["time_left"]))
-    headers = render(
-        [
-            ServiceLimit(
-                name=group,
-                quota=int(usage["limit"]),
-                window_s=period,
-                remaining=max(0, int(usage["limit"]) - int(usage["count"])),
-                # In a fixed window nothing returns before the window ends.
-                next_token_s=float(time_left),
-            )
-        ]
+    limit = ServiceLimit(
+        name=group,
+        quota=int(usage["limit"]),
+        window_s=period,
+        remaining=max(0, int(usage["limit"]) - int(usage["count"])),
+        # In a fixed window nothing returns before the window ends.
+        next_token_s=float(time_left),
     )
+    headers = render([limit])
+    _remember(request, limit)
     if usage["should_limit"]:
         metrics.DECISIONS.labels(group, "limited", MODE).inc()
         raise RateLimitedError(

@@ -108,11 +108,13 @@ class RedisServer:
 
 @pytest.fixture(autouse=True)
 def isolated_rate_limits(settings) -> None:
-    """Each test draws from its own buckets (a unique key prefix)."""
+    """Each test draws from its own buckets (unique key prefixes, both limiters)."""
+    unique = uuid.uuid4().hex[:12]
     settings.RESILIENCE_RATELIMIT = {
         **settings.RESILIENCE_RATELIMIT,
-        "key_prefix": f"test-rl-{uuid.uuid4().hex[:12]}",
+        "key_prefix": f"test-rl-{unique}",
     }
+    settings.RATELIMIT_CACHE_PREFIX = f"test-rl-fw-{unique}:"
 
 
 @pytest.fixture

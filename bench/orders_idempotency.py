@@ -1,0 +1,60 @@
+"""The cost of an ``Idempotency-Key`` on POST /api/v1/orders, measured side by side.
+
+Requests with and without a key alternate in one run against the same database and the
+same payments simulator, so both series see the same machine noise.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+ROUNDS = 300
+WARMUP = 20
+ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 2, "unit_price": 1250}]}
+
+
+def main() -> None:
+    from bench.support import setup_django, timed, timing
+
+    setup_django(RATELIMIT_ENABLED="false")
+    from django.conf import settings
+    from django.test import override_settings
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from accounts.models import User
+    from chaos.payments import PaymentsService
+
+    with PaymentsService() as payments:
+        policy = {**settings.RESILIENCE["dependencies"]["payments"], "base_url": payments.api_url}
+        resilience = {
+            **settings.RESILIENCE,
+            "dependencies": {**settings.RESILIENCE["dependencies"], "payments": policy},
+        }
+        user = User.objects.create_user(
+            email=f"bench-{uuid.uuid4().hex}@example.com", password="x" * 12
+        )
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+
+        def without_key():
+            assert client.post("/api/v1/orders", ORDER, format="json").status_code == 201
+
+        def with_key():
+            key = str(uuid.uuid4())
+            response = client.post("/api/v1/orders", ORDER, format="json", HTTP_IDEMPOTENCY_KEY=key)
+            assert response.status_code == 201
+
+        plain, keyed = [], []
+        with override_settings(RESILIENCE=resilience):
+            for _ in range(WARMUP):
+                without_key()
+                with_key()
+            for _ in range(ROUNDS):
+                plain.append(timed(without_key))
+                keyed.append(timed(with_key))
+    without, with_ = timing(plain), timing(keyed)
+    print(f"POST /api/v1/orders in-process, payments on loopback, {ROUNDS} each, interleaved")
+    print(f"  without Idempotency-Key: {without}")
+    print(f"  with Idempotency-Key:    {with_}")
+    print(f"  p50 ratio with/without: {with_.p50_ms / without.p50_ms:.2f}")

@@ -1,0 +1,61 @@
+"""Shared plumbing for in-process benchmarks: a bench database, timing statistics."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BENCH_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/resilient_bench"
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def setup_django(**environ: str) -> None:
+    """Configure Django on the bench database (created and migrated if needed)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    os.environ.setdefault("DATABASE_URL", BENCH_DATABASE_URL)
+    os.environ.setdefault("REDIS_URL", BENCH_REDIS_URL)
+    # In-process benchmarks use Django's test client, whose host is "testserver".
+    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+    os.environ.update(environ)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("ensure_database", verbosity=0)
+    call_command("migrate", verbosity=0)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency percentiles of one measured series, in milliseconds."""
+
+    count: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    def __str__(self) -> str:
+        return (
+            f"n={self.count} p50={self.p50_ms:.2f} ms p99={self.p99_ms:.2f} ms"
+            f" mean={self.mean_ms:.2f} ms"
+        )
+
+
+def timing(samples_s: list[float]) -> Timing:
+    ordered = sorted(samples_s)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return Timing(
+        count=len(ordered),
+        p50_ms=statistics.median(ordered) * 1000,
+        p99_ms=p99 * 1000,
+        mean_ms=statistics.fmean(ordered) * 1000,
+    )
+
+
+def timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
