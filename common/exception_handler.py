@@ -63,7 +63,7 @@ _TRANSLATIONS: list[tuple[type | tuple[type, ...], Callable[[Any], Exception]]] 
 ]
 
 
-def _translate(exc: Exception) -> Exception:
+def translate_exception(exc: Exception) -> Exception:
     """Map Django, database and resilience exceptions onto DRF or domain ones."""
     for types, factory in _TRANSLATIONS:
         if isinstance(exc, types):
@@ -103,7 +103,7 @@ def _drf_problem(exc: drf.APIException) -> tuple[dict[str, Any], dict[str, str]]
 
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render ``exc`` as problem+json; return None (a 500) only for unexpected errors."""
-    exc = _translate(exc)
+    exc = translate_exception(exc)
     if isinstance(exc, ApplicationError):
         body = problem_body(
             status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, extra=exc.extra

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ from django.core.cache import cache
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from common.errors import DependencyUnavailableError
 from common.responses import problem_response
 
 
@@ -78,4 +80,24 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    """500, unless the error was a dependency being unavailable outside DRF (then 503).
+
+    DRF views get this mapping from the exception handler; this covers the rest (admin,
+    middleware). Django calls this handler inside its ``except`` block, so the exception
+    is still in ``sys.exc_info()``.
+    """
+    from common.exception_handler import translate_exception
+
+    exc = sys.exc_info()[1]
+    translated = translate_exception(exc) if isinstance(exc, Exception) else exc
+    if isinstance(translated, DependencyUnavailableError):
+        return problem_response(
+            request,
+            status=translated.status,
+            code=translated.code,
+            title=translated.title,
+            detail=translated.detail,
+            headers=translated.headers,
+            extra=translated.extra,
+        )
     return problem_response(request, status=500, code="server_error")

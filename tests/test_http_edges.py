@@ -51,3 +51,19 @@ def test_invalid_content_length_is_400():
         "POST", "/api/v1/auth/signup", b"{}", content_type="application/json", CONTENT_LENGTH="-5"
     )
     assert_problem(response, 400, "invalid_content_length")
+
+
+@pytest.mark.django_db
+def test_an_open_postgres_breaker_outside_drf_is_503_not_500(admin_client):
+    """The admin is plain Django: its database errors still become a fast 503."""
+    from resilience.breakers import breaker
+
+    admin_client.raise_request_exception = False
+    breaker("postgres").force_open()
+    try:
+        response = admin_client.get("/admin/orders/order/")
+    finally:
+        breaker("postgres").close()
+    body = assert_problem(response, 503, "dependency_unavailable")
+    assert body["dependency"] == "postgres"
+    assert int(response["Retry-After"]) >= 1

@@ -101,8 +101,7 @@ def test_two_web_processes_share_one_limit_within_two_percent(tmp_path):
     assert statuses.count(429) > 0, "the clients must outpace the refill for the test to mean much"
     elapsed = max(sent for sent, _ in results) - min(sent for sent, _ in results)
     expected = CAPACITY + RATE * elapsed
-    print(f"allowed {allowed} of {len(statuses)}; expected {expected:.1f} over {elapsed:.3f} s")
-    assert abs(allowed - expected) <= TOLERANCE * expected, (allowed, expected, len(statuses))
+    assert abs(allowed - expected) <= TOLERANCE * expected, (allowed, expected, elapsed)
 
     # Each server counted its share in multiprocess metrics; together they saw it all.
     counted = 0.0
