@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 MAX_CONCURRENCY = 256
 MAX_DURATION_S = 600.0
 CONNECT_TIMEOUT_S = 5.0
+ERROR_PAUSE_S = 0.01
 
 
 @dataclass
@@ -117,7 +118,8 @@ def run_load(
                 response.read()
             except (OSError, http.client.HTTPException):
                 errors += 1
-                connection.close()  # reconnect on the next request
+                connection.close()  # reconnect on the next request...
+                time.sleep(ERROR_PAUSE_S)  # ...without spinning on a refused port
                 continue
             latencies.append(time.monotonic() - sent)
             statuses[response.status] += 1
