@@ -18,6 +18,31 @@ VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
+# The web process exactly as the Procfile runs it (settings come from the environment).
+GUNICORN_COMMAND = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "config.wsgi:application",
+    "-c",
+    "config/gunicorn.py",
+]
+
+
+def celery_worker_command(*, queue: str, name: str, concurrency: int = 1) -> list[str]:
+    """A prefork Celery worker on ``queue``, quiet on the broker (no gossip or mingle)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue,
+        "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
+        "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+    ]  # fmt: skip
+
+
+def worker_ready(log_path: Path) -> bool:
+    """Whether a worker started with :func:`celery_worker_command` logged that it is ready."""
+    return log_path.exists() and " ready." in log_path.read_text(errors="replace")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import timedelta
 
 import pytest
@@ -11,7 +10,12 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from accounts.tasks import purge_expired_tokens
-from tests.processes import child_environment, running, wait_for
+from tests.processes import (
+    celery_worker_command,
+    child_environment,
+    running,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,27 +42,7 @@ def test_worker_task_uses_the_background_pool_while_requests_use_default(
     Token.objects.filter(user=stale_user).update(created=timezone.now() - timedelta(days=30))
 
     log = tmp_path / "worker.log"
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "-Q",
-        "default",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "1",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "INFO",
-        "-n",
-        f"test-{tmp_path.name}@%h",
-    ]
+    command = celery_worker_command(queue="default", name=f"test-{tmp_path.name}")
     with running(command, env=child_environment(), log_path=log):
         wait_for(
             lambda: "ready" in log.read_text(errors="replace"), timeout=30, what="worker ready"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.processes import child_environment, free_port, running, wait_for
+from tests.processes import GUNICORN_COMMAND, child_environment, free_port, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -32,14 +31,7 @@ def test_metrics_aggregate_across_gunicorn_workers(tmp_path):
         WEB_THREADS="1",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "config.wsgi:application",
-        "-c",
-        "config/gunicorn.py",
-    ]
+    command = GUNICORN_COMMAND
     base = f"http://127.0.0.1:{port}"
     made = 0
 

@@ -6,7 +6,6 @@ The payments provider is a real HTTP service (chaos.payments) on free ports.
 from __future__ import annotations
 
 import statistics
-import sys
 import threading
 import time
 
@@ -17,7 +16,12 @@ from conftest import client_for, override_policy
 from orders.models import Order
 from resilience import metrics
 from resilience.breakers import breaker
-from tests.processes import child_environment, running, wait_for
+from tests.processes import (
+    celery_worker_command,
+    child_environment,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("no_rate_limits")
 
@@ -83,27 +87,7 @@ def test_payments_hard_down_orders_are_deferred_then_paid_exactly_once(
         PAYMENTS_BREAKER_RESET_S="1",
         ORDERS_DEFERRED_PAYMENT_BASE_S="0.2",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "-Q",
-        "default",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "2",
-        "--loglevel",
-        "INFO",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-        "-n",
-        f"pay-{tmp_path.name}@%h",
-    ]
+    command = celery_worker_command(queue="default", name=f"pay-{tmp_path.name}", concurrency=2)
     from orders.tasks import sweep_deferred_payments
 
     with running(command, env=env, log_path=log):

@@ -7,7 +7,6 @@ gunicorn process reaches the test database only through it.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from rest_framework.authtoken.models import Token
 
 from chaos.proxy import ProxyServer
 from chaos.toxiproxy_client import ToxiproxyClient
-from tests.processes import child_environment, free_port, running, wait_for
+from tests.processes import GUNICORN_COMMAND, child_environment, free_port, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -60,14 +59,7 @@ def test_postgres_cut_gives_fast_503_then_recovers(toxiproxy, user, tmp_path, ca
         POSTGRES_BREAKER_RESET_S="1",
     )
     url = f"http://127.0.0.1:{port}/api/v1/orders"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "config.wsgi:application",
-        "-c",
-        "config/gunicorn.py",
-    ]
+    command = GUNICORN_COMMAND
     with running(command, env=env, log_path=tmp_path / "web.log"):
         wait_for(lambda: get(url, token)[0] == 200, timeout=30, what="web ready")
 
