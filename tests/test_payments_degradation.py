@@ -158,6 +158,7 @@ def test_slow_payments_fill_the_bulkhead_and_only_payments_calls_wait(
         return time.perf_counter() - started
 
     baseline = [timed_get() for _ in range(20)]
+    rejected_before = metrics.BULKHEAD_REJECTED.labels("payments")._value.get()
     payments.set_faults(latency_ms=800)
     results: list[tuple[str, float]] = []
     barrier = threading.Barrier(6)
@@ -190,5 +191,9 @@ def test_slow_payments_fill_the_bulkhead_and_only_payments_calls_wait(
         )
     assert len(paid) == 2
     assert len(deferred) == 4
-    assert max(deferred) < min(paid) / 2  # refused fast, not queued behind the slow calls
+    # The four were refused by the bulkhead without ever reaching payments...
+    assert payments.stats()["requests"] == 2
+    assert metrics.BULKHEAD_REJECTED.labels("payments")._value.get() - rejected_before == 4
+    # ...so none of them waited for the 800 ms the admitted calls spent there.
+    assert max(deferred) < min(paid)
     assert statistics.median(during) < 3 * statistics.median(baseline) + 0.05
