@@ -13,6 +13,8 @@ BENCHMARKS = [
     "bench.breaker_concurrency",
     "bench.payments_budget",
     "bench.orders_idempotency",
+    "bench.ratelimit",
+    "bench.webhooks_bulkhead",
 ]
 
 

@@ -36,6 +36,20 @@ READINESS_CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
+def _breaker_states() -> dict[str, dict[str, object]]:
+    """Each breaker this process knows: its state and seconds until a trial call."""
+    from resilience.breakers import known_breakers
+
+    try:
+        breakers = known_breakers()
+    except Exception:  # noqa: BLE001 - readiness must answer even if the registry cannot
+        return {}
+    return {
+        name: {"state": guard.current_state, "reopens_in_s": round(guard.open_remaining_s(), 1)}
+        for name, guard in sorted(breakers.items())
+    }
+
+
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: each dependency checked with its short timeouts.
 
@@ -56,10 +70,15 @@ def readyz(request: HttpRequest) -> JsonResponse:
     critical = settings.HEALTH_CRITICAL_DEPENDENCIES
     unavailable = [name for name, result in checks.items() if not result["ok"]]
     ready = not any(name in critical for name in unavailable)
+    breakers = _breaker_states()
+    # A breaker that is not closed means its dependency is served in a degraded mode
+    # (payments deferred, cache bypassed); a critical one is unready, not degraded.
+    tripped = {name for name, state in breakers.items() if state["state"] != "closed"}
     body = {
         "status": "ready" if ready else "unavailable",
-        "degraded": sorted(name for name in unavailable if name not in critical),
+        "degraded": sorted(name for name in set(unavailable) | tripped if name not in critical),
         "checks": checks,
+        "breakers": breakers,
     }
     response = JsonResponse(body, status=200 if ready else 503)
     if not ready:

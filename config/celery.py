@@ -26,3 +26,14 @@ def _route_tasks_to_background_pool() -> None:
 
 
 _route_tasks_to_background_pool()
+
+
+def _observe_tasks() -> None:
+    """Request ids into tasks and their logs; task and resilience metrics per worker."""
+    from common import task_context, worker_metrics
+
+    task_context.install()
+    worker_metrics.install()
+
+
+_observe_tasks()

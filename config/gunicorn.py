@@ -29,3 +29,10 @@ def child_exit(server, worker):
     """Drop a dead worker's live gauges from the multiprocess metrics directory."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Create every resilience series at zero, so alerts and dashboards see them at once."""
+    from common.metrics_bootstrap import preinitialise
+
+    preinitialise()

@@ -9,6 +9,7 @@ from common import views as common_views
 api_v1 = [
     path("auth/", include("accounts.urls")),
     path("", include("orders.urls")),
+    path("webhooks/", include("webhooks.urls")),
 ]
 
 urlpatterns = [

@@ -29,6 +29,7 @@ from orders.models import ORDER_TRANSITIONS, Order, OrderItem, OrderStatus
 from orders.payments import PAYMENTS_UNAVAILABLE, PaymentDeclinedError, payments_authorize
 from resilience import metrics
 from resilience.db_routing import current_alias
+from webhooks.services import outbox_emit
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,37 @@ SETTLED_POINTS = {
     OrderStatus.PENDING_PAYMENT: "payment_deferred",
     OrderStatus.FAILED: "payment_declined",
 }
+# The webhook event written in the same transaction as each status change (adr/0006).
+ORDER_EVENTS = {
+    OrderStatus.PENDING: "order.created",
+    OrderStatus.PAID: "order.paid",
+    OrderStatus.PENDING_PAYMENT: "order.payment_deferred",
+    OrderStatus.FAILED: "order.payment_failed",
+}
+
+
+def _emit_order_event(order: Order) -> None:
+    """Stage the event of the order's current status in the webhook outbox.
+
+    Inside the caller's transaction. The dedupe key makes it once per order and status
+    even if a transition is re-run (statuses are never re-entered).
+    """
+    event_type = ORDER_EVENTS.get(order.status)
+    if event_type is None:
+        return
+    outbox_emit(
+        event_type=event_type,
+        owner=order.owner_id,
+        dedupe_key=f"order:{order.id}:{event_type}",
+        payload={
+            "order": {
+                "id": str(order.id),
+                "status": order.status,
+                "currency": order.currency,
+                "total_amount": order.total_amount,
+            }
+        },
+    )
 
 
 def order_create(*, owner: Any, currency: str, items: Iterable[Mapping[str, Any]]) -> Order:
@@ -135,6 +167,7 @@ def _settle(order: Order, status: str, fields: dict[str, Any], recovery: Recover
         fields["next_payment_attempt_at"] = _next_attempt_at(0)
     with transaction.atomic(using=current_alias()):
         order = order_transition(order_id=order.id, to_status=status, **fields)
+        _emit_order_event(order)
         recovery.advance(SETTLED_POINTS[status])
     return order
 
@@ -151,6 +184,7 @@ def order_place(
     if recovery.recovery_point == STARTED:
         with transaction.atomic(using=current_alias()):
             order = order_create(owner=owner, currency=currency, items=items)
+            _emit_order_event(order)
             recovery.advance(ORDER_CREATED, resource_id=order.id)
     else:
         order = Order.objects.get(id=recovery.resource_id, owner=owner)
@@ -193,13 +227,19 @@ def order_authorize_deferred(*, order_id: Any) -> Order:
     if status == OrderStatus.PENDING_PAYMENT:
         if order.payment_attempts + 1 >= settings.ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS:
             logger.warning("deferred payment gave up", extra={"order_id": str(order.id)})
-            return order_transition(order_id=order.id, to_status=OrderStatus.FAILED)
+            with transaction.atomic(using=alias):
+                order = order_transition(order_id=order.id, to_status=OrderStatus.FAILED)
+                _emit_order_event(order)
+            return order
         logger.info(
             "deferred payment still unavailable",
             extra={"order_id": str(order.id), "reason": reason},
         )
         return Order.objects.get(id=order.id)
-    return order_transition(order_id=order.id, to_status=status, **fields)
+    with transaction.atomic(using=alias):
+        order = order_transition(order_id=order.id, to_status=status, **fields)
+        _emit_order_event(order)
+    return order
 
 
 __all__ = [

@@ -8,12 +8,15 @@ mechanism: separate connection pools per workload (``resilience.db_routing``).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from resilience import deadline, metrics
 from resilience.policies import BulkheadPolicy, get_policy
+
+logger = logging.getLogger(__name__)
 
 
 class BulkheadFullError(Exception):
@@ -41,6 +44,10 @@ class Bulkhead:
         )
         if not acquired:
             metrics.BULKHEAD_REJECTED.labels(self.name).inc()
+            logger.warning(
+                "bulkhead rejected",
+                extra={"dependency": self.name, "max_concurrent": self.policy.max_concurrent},
+            )
             raise BulkheadFullError(self.name)
         gauge = metrics.BULKHEAD_IN_USE.labels(self.name)
         gauge.inc()

@@ -9,6 +9,7 @@ the deadline stops retrying once an answer could no longer arrive in time.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,7 @@ import tenacity
 from resilience import deadline, metrics
 from resilience.policies import RetryPolicy
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -162,6 +164,15 @@ def call_with_retry(
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception()
         metrics.RETRY_RETRIES.labels(dependency, type(exc).__name__).inc()
+        logger.info(
+            "retrying",
+            extra={
+                "dependency": dependency,
+                "attempt": retry_state.attempt_number,
+                "error": type(exc).__name__,
+                "sleep_s": round(retry_state.upcoming_sleep, 3),
+            },
+        )
 
     retrying = tenacity.Retrying(
         stop=stop,
@@ -177,6 +188,12 @@ def call_with_retry(
     except BaseException as exc:
         reason = stop.reason or ("not_retryable" if not retryable(exc) else "unknown")
         metrics.RETRY_GAVE_UP.labels(dependency, reason).inc()
+        # A failure retrying could not help (a 4xx, an open breaker) is not news.
+        log = logger.info if reason == "not_retryable" else logger.warning
+        log(
+            "retry gave up",
+            extra={"dependency": dependency, "reason": reason, "error": type(exc).__name__},
+        )
         if reason == "budget":
             metrics.RETRY_BUDGET_EXHAUSTED.labels(dependency).inc()
         if reason == "deadline":

@@ -5,12 +5,19 @@ before start, wait until the web process is ready before printing the URLs, and 
 everything (process groups included) when any one process dies, so that `make run`
 never leaves half a stack running. That is about a hundred lines.
 
+Chaos routing: the app processes reach Postgres, Redis and payments through the chaos
+proxy (``proxy:`` in the Procfile), so ``manage.py chaos`` can cut or slow them. This
+script writes the proxy's populate file and points DATABASE_URL, REDIS_URL and
+PAYMENTS_URL at the proxy's listen ports. ``CHAOS_PROXY_ROUTING=off`` connects the app
+directly (the proxy still runs, unused).
+
 Usage: python scripts/devstack.py [--procfile Procfile] [--only web,beat]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -20,12 +27,16 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 READY_TIMEOUT_S = 60
 STOP_GRACE_S = 15
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93"]
+# Where the chaos proxy listens for each dependency: "2" + the usual port, easy to spot.
+PROXY_CONFIG = RUN_DIR / "chaos-proxy.json"
+PROXY_LISTEN = {"postgres": 25432, "redis": 26379, "payments": 28101}
 
 
 def read_procfile(path: Path) -> dict[str, str]:
@@ -59,6 +70,29 @@ def wait_ready(url: str, deadline: float) -> bool:
     return False
 
 
+def route_through_proxy(env: dict[str, str]) -> None:
+    """Write the proxy's populate file and, unless routing is off, aim the app at the proxy.
+
+    Only ``env`` (what the children inherit) changes. URLs set apart from these three
+    (CELERY_BROKER_URL, RATELIMIT_REDIS_URL, ...) keep their own address.
+    """
+    proxies = []
+    for name, var, default, default_port in (
+        ("postgres", "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/resilient", 5432),
+        ("redis", "REDIS_URL", "redis://127.0.0.1:6379/0", 6379),
+        ("payments", "PAYMENTS_URL", "http://127.0.0.1:8101", 80),
+    ):
+        url = urlsplit(env.get(var) or default)
+        upstream = f"{url.hostname}:{url.port or default_port}"
+        listen = f"127.0.0.1:{PROXY_LISTEN[name]}"
+        proxies.append({"name": name, "listen": listen, "upstream": upstream})
+        if env.get("CHAOS_PROXY_ROUTING", "on").lower() not in {"off", "0", "false", "no"}:
+            credentials = url.netloc.rpartition("@")[0]
+            netloc = f"{credentials}@{listen}" if credentials else listen
+            env[var] = url._replace(netloc=netloc).geturl()
+    PROXY_CONFIG.write_text(json.dumps(proxies, indent=2) + "\n")
+
+
 def start_children(processes: dict[str, str], env: dict[str, str]) -> dict[str, subprocess.Popen]:
     """Start each process in its own process group, its output prefixed with its name."""
     metrics_dir = RUN_DIR / "prometheus"
@@ -67,7 +101,9 @@ def start_children(processes: dict[str, str], env: dict[str, str]) -> dict[str, 
     children = {}
     for index, (name, command) in enumerate(processes.items()):
         child_env = dict(env)
-        if name == "web":
+        # One multiprocess directory per process that forks (gunicorn, prefork workers):
+        # two sharing one would sum each other's files and wipe them at start.
+        if name == "web" or name.startswith("worker"):
             (metrics_dir / name).mkdir(parents=True)
             child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir / name)
         child = subprocess.Popen(  # noqa: S602 - the Procfile is ours; it needs the shell
@@ -138,6 +174,7 @@ def main() -> int:
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    route_through_proxy(env)
 
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

@@ -8,6 +8,7 @@ they reached. Both servers read time from Redis, so their hosts' clocks do not m
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import re
 import sys
@@ -18,6 +19,7 @@ import uuid
 from contextlib import ExitStack
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from tests.processes import child_environment, free_port, running, wait_for
 
@@ -59,7 +61,14 @@ def test_two_web_processes_share_one_limit_within_two_percent(tmp_path):
     ports = [free_port(), free_port()]
     overrides = {"flood": {"capacity": CAPACITY, "refill_rate": RATE}}
     prefix = f"fleet-{uuid.uuid4().hex}"  # both servers share these buckets, no one else
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "config.wsgi:application",
+        "-c",
+        "config/gunicorn.py",
+    ]
     with ExitStack() as stack:
         for index, port in enumerate(ports):
             metrics_dir = tmp_path / f"prom{index}"
@@ -114,3 +123,45 @@ def test_two_web_processes_share_one_limit_within_two_percent(tmp_path):
         ):
             counted += float(value)
     assert counted == allowed
+
+
+def test_the_loadtest_command_reports_admitted_against_the_bucket(tmp_path):
+    port = free_port()
+    env = child_environment(
+        WEB_PORT=str(port),
+        WEB_WORKERS="2",
+        WEB_THREADS="4",
+        RATELIMIT_KEY_PREFIX=f"loadtest-{uuid.uuid4().hex}",
+        RATELIMIT_POLICY_OVERRIDES=json.dumps({"flood": {"capacity": 50, "refill_rate": 50}}),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "config.wsgi:application",
+        "-c",
+        "config/gunicorn.py",
+    ]
+    out = io.StringIO()
+    with running(command, env=env, log_path=tmp_path / "web.log"):
+        wait_for(
+            lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30, what="gunicorn"
+        )
+        call_command(
+            "loadtest",
+            url=f"http://127.0.0.1:{port}/api/v1/auth/me",
+            concurrency=6,
+            duration=2.0,
+            capacity=50,
+            rate=50,
+            stdout=out,
+        )
+    report = out.getvalue()
+    deviation = float(re.search(r"deviation ([+-][0-9.]+)%", report).group(1))
+    assert abs(deviation) <= 2.0, report
+    assert "limited: 0" not in report, report
+
+
+def test_the_loadtest_command_refuses_non_loopback_targets():
+    with pytest.raises(CommandError, match="loopback"):
+        call_command("loadtest", url="http://192.0.2.10:8000/", duration=1)

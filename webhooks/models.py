@@ -124,6 +124,9 @@ class DeliveryAttempt(models.Model):
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    # When the following attempt was scheduled (None when this one was the last).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=32)  # succeeded, retry, dead, gone, forbidden
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.CharField(max_length=500, blank=True, default="")

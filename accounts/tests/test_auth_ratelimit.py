@@ -27,7 +27,8 @@ def login_limits(settings, limiter_with_clock):
     )
 
 
-def login(client, email, password="wrong-password", ip="198.51.100.1"):
+def login(client, email, password=None, ip="198.51.100.1"):
+    password = "wrong-password" if password is None else password
     return client.post(
         LOGIN, {"email": email, "password": password}, format="json", HTTP_X_FORWARDED_FOR=ip
     )

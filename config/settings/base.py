@@ -260,7 +260,13 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Queues and routes in one place: webhook delivery never shares workers with the rest.
 CELERY_TASK_QUEUES = (Queue("default"), Queue("webhooks"))
-CELERY_TASK_ROUTES = {"webhooks.tasks.*": {"queue": "webhooks"}}
+# The bench's "bulkheads off" run sets WEBHOOKS_QUEUE=default to measure the harm (adr/0006).
+WEBHOOKS_QUEUE = env("WEBHOOKS_QUEUE", default="webhooks")
+CELERY_TASK_ROUTES = {
+    # The outbox sweep is bookkeeping, not delivery: it must run while webhooks is flooded.
+    "webhooks.tasks.sweep_outbox": {"queue": "default"},
+    "webhooks.tasks.*": {"queue": WEBHOOKS_QUEUE},
+}
 # Deferred authorisation of `pending_payment` orders: capped exponential backoff with
 # full jitter, scheduled in Postgres and swept by beat (adr/0003).
 ORDERS_DEFERRED_PAYMENT_BASE_S = env("ORDERS_DEFERRED_PAYMENT_BASE_S", default=2.0, cast=float)
@@ -410,9 +416,20 @@ RESILIENCE = {
         },
         # Template for webhook targets: one breaker per target host ("webhook:<host>").
         "webhook": {
-            "timeouts": {"connect_s": 1.0, "read_s": 5.0},
-            "breaker": {"fail_max": 5, "reset_timeout_s": 60.0, "shared": True},
-            "bulkhead": {"max_concurrent": 4, "max_wait_s": 0.0},
+            "timeouts": {
+                "connect_s": env("WEBHOOK_CONNECT_TIMEOUT_S", default=1.0, cast=float),
+                "read_s": env("WEBHOOK_READ_TIMEOUT_S", default=5.0, cast=float),
+            },
+            "breaker": {
+                "fail_max": env("WEBHOOK_BREAKER_FAIL_MAX", default=5, cast=int),
+                "reset_timeout_s": env("WEBHOOK_BREAKER_RESET_S", default=60.0, cast=float),
+                "shared": True,
+            },
+            # Per process: caps one target's share of a threaded worker (adr/0006).
+            "bulkhead": {
+                "max_concurrent": env("WEBHOOK_BULKHEAD_MAX", default=4, cast=int),
+                "max_wait_s": 0.0,
+            },
         },
     },
 }
@@ -522,3 +539,49 @@ RATELIMIT_FAIL_OPEN = False
 RATELIMIT_CACHE_PREFIX = "rl-fw:"
 RATELIMIT_IP_META_KEY = "resilience.ratelimit.client_ip.ratelimit_ip_meta"
 # --- end of rate limiting ------------------------------------------------------------------
+
+# --- Webhooks (webhooks app; adr/0006, docs/configuration.md#webhooks) ---------------------
+# Targets allowed although they resolve to loopback/private addresses: IPs, CIDRs or exact
+# host names. Empty in production; local and test settings allow 127.0.0.1 and localhost.
+WEBHOOKS_ALLOWED_TARGETS = env("WEBHOOKS_ALLOWED_TARGETS", default=[], cast=list)
+WEBHOOKS_EVENT_TYPES = [
+    "order.created",
+    "order.paid",
+    "order.payment_deferred",
+    "order.payment_failed",
+]
+WEBHOOKS_MAX_ENDPOINTS_PER_USER = env("WEBHOOKS_MAX_ENDPOINTS_PER_USER", default=20, cast=int)
+# Business rule (fixed window per user, resilience.ratelimit.business): django-ratelimit
+# rate syntax.
+WEBHOOKS_PING_RATE = env("WEBHOOKS_PING_RATE", default="10/h")
+# Retry schedule, in Postgres: attempt n+1 waits uniform(0, min(cap, base * 2**(n-1))).
+# 12 attempts with these numbers spread over about 7 hours on average.
+WEBHOOKS_MAX_ATTEMPTS = env("WEBHOOKS_MAX_ATTEMPTS", default=12, cast=int)
+WEBHOOKS_RETRY_BASE_S = env("WEBHOOKS_RETRY_BASE_S", default=30.0, cast=float)
+WEBHOOKS_RETRY_CAP_S = env("WEBHOOKS_RETRY_CAP_S", default=6 * 3600.0, cast=float)
+# A receiver's Retry-After is honoured up to this.
+WEBHOOKS_RETRY_AFTER_CAP_S = env("WEBHOOKS_RETRY_AFTER_CAP_S", default=3600.0, cast=float)
+# Breaker open: retry when it lets a trial through, plus up to this much jitter, so the
+# deliveries of a recovering host do not all arrive in the same second.
+WEBHOOKS_BREAKER_JITTER_S = env("WEBHOOKS_BREAKER_JITTER_S", default=10.0, cast=float)
+WEBHOOKS_BULKHEAD_RETRY_S = env("WEBHOOKS_BULKHEAD_RETRY_S", default=2.0, cast=float)
+# A claimed delivery whose worker died is due again after this: above the task's hard
+# time limit, so a live attempt is never taken over.
+WEBHOOKS_LEASE_S = env("WEBHOOKS_LEASE_S", default=CELERY_TASK_TIME_LIMIT + 30, cast=float)
+if WEBHOOKS_LEASE_S <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("WEBHOOKS_LEASE_S must exceed CELERY_TASK_TIME_LIMIT_S.")
+WEBHOOKS_SWEEP_INTERVAL_S = env("WEBHOOKS_SWEEP_INTERVAL_S", default=2.0, cast=float)
+WEBHOOKS_SWEEP_BATCH = env("WEBHOOKS_SWEEP_BATCH", default=500, cast=int)
+# A published delivery that no worker started after this is published again (its message
+# may have been lost with a Redis that restarted empty). Duplicates are harmless: claims.
+WEBHOOKS_REDISPATCH_AFTER_S = env("WEBHOOKS_REDISPATCH_AFTER_S", default=300.0, cast=float)
+# After a failed publish the request path stops publishing for this long; the sweep does.
+WEBHOOKS_PUBLISH_PAUSE_S = env("WEBHOOKS_PUBLISH_PAUSE_S", default=5.0, cast=float)
+WEBHOOKS_USER_AGENT = "resilient-webhooks/1.0"
+CELERY_BEAT_SCHEDULE |= {
+    "webhooks-sweep-outbox": {
+        "task": "webhooks.tasks.sweep_outbox",
+        "schedule": WEBHOOKS_SWEEP_INTERVAL_S,
+    },
+}
+# --- end of webhooks ---------------------------------------------------------------------

@@ -17,3 +17,5 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES["default"]["KEY_PREFIX"] = f"test-{CACHE_KEY_PREFIX}"
 # Tests do not run collectstatic; serve assets without the manifest.
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
+# Test receivers run on 127.0.0.1 (and [::1] stays refused: tests/test_webhooks_ssrf.py).
+WEBHOOKS_ALLOWED_TARGETS = ["127.0.0.1", "localhost"]

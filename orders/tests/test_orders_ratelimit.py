@@ -51,13 +51,17 @@ def test_the_report_has_a_tight_per_user_limit(settings, make_user, limiter_with
 def test_the_report_fails_closed_while_the_limiter_cannot_reach_redis(settings, auth_client):
     ratelimit_settings(
         settings,
-        redis={**settings.RESILIENCE_RATELIMIT["redis"], "url": f"redis://127.0.0.1:{free_port()}/0"},
+        redis={
+            **settings.RESILIENCE_RATELIMIT["redis"],
+            "url": f"redis://127.0.0.1:{free_port()}/0",
+        },
     )
     response = auth_client.get(REPORT)
     body = assert_problem(response, 503, "rate_limiter_unavailable")
     assert body["type"] == REDUCED_CAPACITY_TYPE
     assert body["violated-policies"] == ["orders_report"]
-    assert int(response["Retry-After"]) == settings.RESILIENCE_RATELIMIT["unavailable_retry_after_s"]
+    retry_after = settings.RESILIENCE_RATELIMIT["unavailable_retry_after_s"]
+    assert int(response["Retry-After"]) == retry_after
     # Fail-open policies keep serving, limited by the per-process fallback bucket.
     assert auth_client.get("/api/v1/auth/me").status_code == 200
 
@@ -65,7 +69,10 @@ def test_the_report_fails_closed_while_the_limiter_cannot_reach_redis(settings, 
 def test_a_dry_run_report_limit_refuses_nothing(settings, auth_client):
     ratelimit_settings(
         settings,
-        redis={**settings.RESILIENCE_RATELIMIT["redis"], "url": f"redis://127.0.0.1:{free_port()}/0"},
+        redis={
+            **settings.RESILIENCE_RATELIMIT["redis"],
+            "url": f"redis://127.0.0.1:{free_port()}/0",
+        },
         policies={"orders_report": {"dry_run": True}},
     )
     assert auth_client.get(REPORT).status_code == 200

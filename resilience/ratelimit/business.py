@@ -139,9 +139,9 @@ def check(
     if usage["limit"] == 0 and usage["time_left"] == -1:
         # django-ratelimit's "the cache failed" answer (RATELIMIT_FAIL_OPEN is False).
         if fail_open:
-            metrics.DECISIONS.labels(group, "allowed", MODE).inc()
+            metrics.decision(group, "allowed", MODE).inc()
             return
-        metrics.DECISIONS.labels(group, "unavailable", MODE).inc()
+        metrics.decision(group, "unavailable", MODE).inc()
         raise RateLimiterUnavailableError(
             policies=[group], retry_after=get_config().unavailable_retry_after_s
         )
@@ -158,11 +158,11 @@ def check(
     headers = render([limit])
     _remember(request, limit)
     if usage["should_limit"]:
-        metrics.DECISIONS.labels(group, "limited", MODE).inc()
+        metrics.decision(group, "limited", MODE).inc()
         raise RateLimitedError(
             policies=[group], retry_after=retry_after_seconds(time_left), headers=headers
         )
-    metrics.DECISIONS.labels(group, "allowed", MODE).inc()
+    metrics.decision(group, "allowed", MODE).inc()
 
 
 def ratelimited_to_problem(exc: Ratelimited) -> RateLimitedError:

@@ -16,6 +16,7 @@ bucket is the time until the next token (rounded down, so it is never an oversta
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,8 +36,10 @@ class ServiceLimit:
     next_token_s: float
 
 
+@functools.lru_cache(maxsize=256)
 def _sf_string(value: str) -> str:
-    # Structured Field String: printable ASCII, with backslash and quote escaped.
+    # Structured Field String: printable ASCII, with backslash and quote escaped. Policy
+    # names are few and fixed, so the answer is cached (this runs on every response).
     cleaned = "".join(ch for ch in value if 0x20 <= ord(ch) <= 0x7E)
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -57,7 +60,8 @@ def render(limits: Iterable[ServiceLimit]) -> dict[str, str]:
         f"{_sf_string(item.name)};q={item.quota};w={item.window_s}" for item in seen.values()
     )
     current = ", ".join(
-        f"{_sf_string(item.name)};r={max(0, item.remaining)};t={max(0, math.floor(item.next_token_s))}"
+        f"{_sf_string(item.name)};r={max(0, item.remaining)}"
+        f";t={max(0, math.floor(item.next_token_s))}"
         for item in seen.values()
     )
     return {POLICY_HEADER: policy, LIMIT_HEADER: current}

@@ -219,7 +219,7 @@ class Limiter:
     def _count(decision: Decision) -> None:
         if decision.mode == MODE_UNAVAILABLE:
             for name in decision.unavailable:
-                metrics.DECISIONS.labels(name, "unavailable", MODE_FALLBACK).inc()
+                metrics.decision(name, "unavailable", MODE_FALLBACK).inc()
             logger.info(
                 "rate limit unavailable, failing closed",
                 extra={"policies": list(decision.unavailable)},
@@ -232,7 +232,7 @@ class Limiter:
                 outcome = "allowed"
             else:
                 continue  # refused by another policy: counted under that one
-            metrics.DECISIONS.labels(result.policy.name, outcome, decision.mode).inc()
+            metrics.decision(result.policy.name, outcome, decision.mode).inc()
         limited = [r for r in decision.results if r.limited]
         if limited:
             logger.info(

@@ -6,6 +6,8 @@ prometheus_client's multiprocess mode without a ``multiprocess_mode``.
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Histogram
 
 DECISIONS = Counter(
@@ -26,3 +28,15 @@ REDIS_ERRORS = Counter(
     "Limiter calls to Redis that failed or were refused by the open breaker, by error.",
     ["error"],
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def decision(policy: str, result: str, mode: str) -> Counter:
+    """The child counter of one label set (cached: ``labels()`` costs a lock per call)."""
+    return DECISIONS.labels(policy, result, mode)
+
+
+@functools.lru_cache(maxsize=16)
+def redis_call(outcome: str) -> Histogram:
+    """The child histogram of one outcome (cached like :func:`decision`)."""
+    return REDIS_CALL_SECONDS.labels(outcome)

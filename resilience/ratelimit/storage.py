@@ -102,35 +102,32 @@ class RedisBucketStore:
             result = breaker(BREAKER_NAME).call(func, *args, **kwargs)
         except (redis.RedisError, pybreaker.CircuitBreakerError) as exc:
             outcome = "breaker_open" if isinstance(exc, BreakerOpenError) else "error"
-            metrics.REDIS_CALL_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+            metrics.redis_call(outcome).observe(time.perf_counter() - started)
             metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
             raise StoreUnavailableError(type(exc).__name__) from exc
-        metrics.REDIS_CALL_SECONDS.labels("ok").observe(time.perf_counter() - started)
+        metrics.redis_call("ok").observe(time.perf_counter() - started)
         return result
 
     def consume(self, buckets: Sequence[Bucket]) -> tuple[bool, list[BucketState]]:
         """Check ``buckets`` in one round trip; consume from all of them or from none."""
         now = "" if self._clock is None else str(int(self._clock() * MICROS))
-        args: list[Any] = [now]
-        for bucket in buckets:
-            args += [
-                repr(float(bucket.capacity)),
-                repr(bucket.interval_s * MICROS),
-                bucket.cost,
-                "1" if bucket.enforce else "0",
-            ]
+        args = [now] + [
+            f"{float(b.capacity)!r} {b.interval_s * MICROS!r} {b.cost} {1 if b.enforce else 0}"
+            for b in buckets
+        ]
         raw = self.execute(self._script, keys=[b.key for b in buckets], args=args)
+        numbers = [int(n) for n in raw.split()]
         states = [
             BucketState(
-                ok=bool(raw[i]),
-                remaining=int(raw[i + 1]),
-                retry_after_s=int(raw[i + 2]) / MICROS,
-                next_token_s=int(raw[i + 3]) / MICROS,
-                reset_s=int(raw[i + 4]) / MICROS,
+                ok=bool(numbers[i]),
+                remaining=numbers[i + 1],
+                retry_after_s=numbers[i + 2] / MICROS,
+                next_token_s=numbers[i + 3] / MICROS,
+                reset_s=numbers[i + 4] / MICROS,
             )
-            for i in range(1, len(raw), 5)
+            for i in range(1, len(numbers), 5)
         ]
-        return bool(raw[0]), states
+        return bool(numbers[0]), states
 
     def delete(self, keys: Sequence[str]) -> int:
         """Empty the given buckets' history (an operator's reset); returns how many existed."""

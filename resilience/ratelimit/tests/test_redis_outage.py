@@ -123,9 +123,7 @@ def test_redis_killed_mid_traffic_limits_locally_then_resumes(settings, own_redi
         own_redis.start()  # same port, empty: no persistence
         restarted_at = traffic.mark()
         # The `redis` breaker lets a trial through after its reset timeout (2 s).
-        wait_for(
-            lambda: traffic.count("redis", restarted_at) >= 30, timeout=20, what="redis again"
-        )
+        wait_for(lambda: traffic.count("redis", restarted_at) >= 30, timeout=20, what="redis again")
 
     samples = traffic.samples
     assert {s.status for s in samples} <= {401, 429}, "no 5xx, ever"
@@ -144,7 +142,7 @@ def test_redis_killed_mid_traffic_limits_locally_then_resumes(settings, own_redi
 def test_a_hung_redis_costs_tens_of_milliseconds_then_nothing(settings, own_redis, fake_clock):
     """SIGSTOP: connections are accepted but never answered; timeouts bound the wait."""
     use_own_redis(settings, own_redis, capacity=1_000_000, instances=1)
-    calls_before, fast_before = redis_calls(), redis_calls(le="0.1")
+    calls_before, fast_before = redis_calls(), redis_calls(le="0.25")
     with use_limiter(Limiter(clock=fake_clock)), Traffic() as traffic:
         wait_for(lambda: traffic.count("redis") >= 50, timeout=20, what="redis-mode traffic")
         own_redis.pause()
@@ -160,9 +158,10 @@ def test_a_hung_redis_costs_tens_of_milliseconds_then_nothing(settings, own_redi
 
     samples = traffic.samples
     assert {s.status for s in samples} == {401}
-    # Every call to the hung server gave up within its 50 ms socket timeout (the 0.1 s
-    # histogram bucket holds them all): nothing waits longer on Redis.
-    assert redis_calls(le="0.1") - fast_before == redis_calls() - calls_before
+    # Every call to the hung server gave up on its 50 ms socket timeout: all of them are in
+    # the 0.25 s histogram bucket (headroom for a busy CI host), none near redis-py's own
+    # defaults (5 s timeouts, 10 retries).
+    assert redis_calls(le="0.25") - fast_before == redis_calls() - calls_before
     assert max(s.seconds for s in samples) < 1.0
     # Once the breaker is open, fallback requests cost what Redis-mode ones did.
     normal = median([s.seconds for s in samples[:paused_at] if s.mode == "redis"])
@@ -175,7 +174,10 @@ def test_an_unreachable_redis_never_fails_a_fail_open_request(api_client, settin
 
     ratelimit_settings(
         settings,
-        redis={**settings.RESILIENCE_RATELIMIT["redis"], "url": f"redis://127.0.0.1:{free_port()}/0"},
+        redis={
+            **settings.RESILIENCE_RATELIMIT["redis"],
+            "url": f"redis://127.0.0.1:{free_port()}/0",
+        },
         instances=1,
         policies={"flood": {"capacity": 2, "refill_rate": 0.001}},
     )

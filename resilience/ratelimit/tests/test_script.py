@@ -136,8 +136,9 @@ def test_nothing_is_consumed_unless_every_enforced_bucket_allows(redis_store):
     buckets = [bucket(tight, 1, 0.01), bucket(loose, 10, 0.01)]
     outcomes = [redis_store.consume(buckets) for _ in range(5)]
     assert [allowed for allowed, _ in outcomes] == [True, False, False, False, False]
-    allowed, states = outcomes[-1]
-    assert not states[0].ok and states[1].ok
+    _allowed, states = outcomes[-1]
+    assert not states[0].ok
+    assert states[1].ok
     assert states[1].remaining == 9  # only the one admitted request took a token
 
 

@@ -1,0 +1,309 @@
+"""Rate limiting: its cost in the app, django-ratelimit's, and nginx limit_req's, one run.
+
+Starts one gunicorn server (2 workers x 4 threads, the production shape) with the
+benchmark endpoints of ``bench/ratelimit_urls.py`` and, when nginx is available, an
+nginx on loopback with ``deploy/nginx/ratelimit.conf`` in front of it. Then measures:
+
+1. requests/s and latency of the same trivial endpoint unlimited, behind our Redis token
+   bucket, behind django-ratelimit's decorator and behind our business-rule wrapper of it
+   (limits never reached: the cost of checking), and of a realistic endpoint (token
+   authentication, one query) with and without the token bucket, interleaved over rounds;
+2. the cost of crossing the gateway (the unlimited endpoint through nginx);
+3. accuracy under overload: admitted requests against ``capacity + rate x seconds`` for
+   the in-app bucket and for nginx limit_req shaped the same (burst 100, 100/s).
+
+Usage: ``make bench`` or ``python -m bench ratelimit``. nginx comes from Debian's
+``nginx`` package, installed with apt-get when missing; it runs under its own prefix in
+a temporary directory and never touches the system's nginx configuration or service.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from bench.support import BENCH_DATABASE_URL, BENCH_REDIS_URL
+from resilience.ratelimit.loadgen import LoadResult, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_CONF = ROOT / "deploy" / "nginx" / "ratelimit.conf"
+CONCURRENCY = 16
+ROUND_S = 3.0
+ROUNDS = 3
+ACCURACY_S = 5.0
+ACCURACY_CAPACITY = 100
+ACCURACY_RATE = 100.0
+READY_TIMEOUT_S = 30.0
+TARGET_RATIO = 0.9
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready within {READY_TIMEOUT_S} s")
+
+
+@contextmanager
+def process(command: list[str], *, env: dict[str, str], log: Path) -> Iterator[None]:
+    """Run ``command`` in its own process group for the block; always stop it."""
+    with log.open("wb") as output:
+        child = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, 15)
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, 9)
+                    child.wait()
+
+
+def gunicorn(port: int, workdir: Path):
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "bench.ratelimit_settings",
+            "DATABASE_URL": os.environ.get("DATABASE_URL", BENCH_DATABASE_URL),
+            "REDIS_URL": os.environ.get("REDIS_URL", BENCH_REDIS_URL),
+            "RATELIMIT_KEY_PREFIX": f"bench-{uuid.uuid4().hex}",
+            "RATELIMIT_CACHE_PREFIX": f"bench-fw-{uuid.uuid4().hex}",
+            "WEB_PORT": str(port),
+            "WEB_WORKERS": "2",
+            "WEB_THREADS": "4",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi:application"]
+    command += ["-c", "config/gunicorn.py"]
+    return process(command, env=env, log=workdir / "gunicorn.log")
+
+
+def find_or_install_nginx() -> str | None:
+    """The nginx binary, installing Debian's package if needed; None when impossible."""
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        print("nginx is not installed and cannot be installed here (needs apt-get as root)")
+        return None
+    print("installing Debian's nginx package (apt-get install -y nginx) ...", flush=True)
+    environ = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"env": environ, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    installed = subprocess.run([apt, "install", "-y", "nginx"], check=False, **quiet)
+    if installed.returncode != 0:
+        subprocess.run([apt, "update"], check=False, **quiet)
+        installed = subprocess.run([apt, "install", "-y", "nginx"], check=False, **quiet)
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if installed.returncode != 0 or not Path(binary).exists():
+        print("nginx could not be installed; skipping the gateway comparison")
+        return None
+    return binary
+
+
+def nginx(binary: str, *, listen: int, upstream: int, workdir: Path):
+    """nginx on loopback with the repository's config, under its own prefix."""
+    site = NGINX_CONF.read_text()
+    site = site.replace("server web:8000;", f"server 127.0.0.1:{upstream};")
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{listen};")
+    (workdir / "ratelimit.conf").write_text(site)
+    temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir(exist_ok=True)
+    (workdir / "nginx.conf").write_text(
+        f"""worker_processes 1;
+error_log {workdir}/error.log warn;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    include {workdir}/ratelimit.conf;
+}}
+"""
+    )
+    command = [binary, "-p", str(workdir), "-e", str(workdir / "error.log")]
+    command += ["-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
+    check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx -t failed: {check.stderr.strip()}")
+    return process(command, env=dict(os.environ), log=workdir / "nginx.log")
+
+
+def load(url: str, seconds: float, headers: dict[str, str] | None = None) -> LoadResult:
+    return run_load(url, concurrency=CONCURRENCY, duration_s=seconds, headers=headers)
+
+
+def bench_token() -> str:
+    """A token of a bench user in the bench database (created and migrated if needed)."""
+    from bench.support import setup_django
+
+    setup_django()
+    from rest_framework.authtoken.models import Token
+
+    from accounts.models import User
+
+    user = User.objects.filter(email="bench-ratelimit@example.com").first()
+    if user is None:
+        user = User.objects.create_user(email="bench-ratelimit@example.com", password=None)
+    Token.objects.filter(user=user).delete()
+    return Token.objects.create(user=user).key
+
+
+def line(label: str, result: LoadResult, baseline: float | None = None) -> str:
+    ratio = f"  ratio {result.rps / baseline:.2f}" if baseline else ""
+    return (
+        f"  {label:<34} {result.rps:7.0f} req/s  p50 {result.percentile_ms(0.5):5.1f} ms"
+        f"  p99 {result.percentile_ms(0.99):5.1f} ms{ratio}"
+    )
+
+
+def accuracy(label: str, result: LoadResult, capacity: float, rate: float) -> str:
+    expected = capacity + rate * result.elapsed_s
+    deviation = (result.allowed - expected) / expected * 100
+    return (
+        f"  {label:<34} admitted {result.allowed:5d} of {result.total:6d}"
+        f" (expected {expected:6.1f}, {deviation:+5.1f}%)"
+        f"  {result.rps:6.0f} req/s  p50 {result.percentile_ms(0.5):5.1f} ms"
+        f"  p99 {result.percentile_ms(0.99):5.1f} ms"
+    )
+
+
+TRIVIAL = {
+    "unlimited": "/bench/plain",
+    "token bucket (Redis, 1 EVALSHA)": "/bench/token-bucket",
+    "django-ratelimit decorator": "/bench/django-ratelimit",
+    "business_ratelimit wrapper": "/bench/business-rule",
+}
+REALISTIC = {
+    "unlimited (token auth + query)": "/bench/me",
+    "token bucket (token auth + query)": "/bench/me-token-bucket",
+}
+
+
+def measure_overhead(base: str, token: str) -> dict[str, list[LoadResult]]:
+    """Interleave the endpoints round by round so drift hits all of them alike."""
+    auth = {"Authorization": f"Token {token}"}
+    endpoints = {name: (f"{base}{path}", None) for name, path in TRIVIAL.items()}
+    endpoints |= {name: (f"{base}{path}", auth) for name, path in REALISTIC.items()}
+    for url, headers in endpoints.values():  # warm up workers, pools and caches
+        load(url, 0.5, headers)
+    results: dict[str, list[LoadResult]] = {name: [] for name in endpoints}
+    for _ in range(ROUNDS):
+        for name, (url, headers) in endpoints.items():
+            results[name].append(load(url, ROUND_S, headers))
+    return results
+
+
+def median_result(results: list[LoadResult]) -> LoadResult:
+    return sorted(results, key=lambda r: r.rps)[len(results) // 2]
+
+
+def main() -> None:
+    print(
+        f"gunicorn 2 workers x 4 threads; {CONCURRENCY} concurrent keep-alive clients;"
+        f" {ROUNDS} interleaved rounds of {ROUND_S:.0f} s per endpoint (median shown)"
+    )
+    token = bench_token()
+    with tempfile.TemporaryDirectory(prefix="bench-ratelimit-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx workers may run as an unprivileged user
+        app_port = free_port()
+        stack.enter_context(gunicorn(app_port, workdir))
+        base = f"http://127.0.0.1:{app_port}"
+        try:
+            wait_ready(f"{base}/healthz")
+        except RuntimeError:
+            print((workdir / "gunicorn.log").read_text()[-2000:])
+            raise
+
+        print("\n1. Cost of checking a limit (limits never reached), same server, same run")
+        overhead = measure_overhead(base, token)
+        for group in (TRIVIAL, REALISTIC):
+            names = list(group)
+            baseline = median_result(overhead[names[0]]).rps
+            for name in names:
+                chosen = median_result(overhead[name])
+                print(line(name, chosen, None if name == names[0] else baseline))
+            ratio = median_result(overhead[names[1]]).rps / baseline
+            verdict = "meets" if ratio >= TARGET_RATIO else "misses"
+            print(f"  -> token bucket / unlimited = {ratio:.2f} ({verdict} the {TARGET_RATIO} aim)")
+
+        binary = find_or_install_nginx()
+        gateway = None
+        if binary is not None:
+            nginx_port = free_port()
+            stack.enter_context(
+                nginx(binary, listen=nginx_port, upstream=app_port, workdir=workdir)
+            )
+            gateway = f"http://127.0.0.1:{nginx_port}"
+            wait_ready(f"{gateway}/healthz")
+            print("\n2. Cost of crossing the gateway (unlimited endpoint)")
+            direct = load(f"{base}/bench/plain", ROUND_S)
+            through = load(f"{gateway}/bench/plain", ROUND_S)
+            print(line("direct to gunicorn", direct))
+            print(line("through nginx (proxy, keep-alive)", through, direct.rps))
+            extra = through.percentile_ms(0.5) - direct.percentile_ms(0.5)
+            print(f"  added p50 latency: {extra:+.2f} ms")
+
+        print(
+            f"\n3. Accuracy under overload: burst {ACCURACY_CAPACITY}, {ACCURACY_RATE:.0f}/s,"
+            f" one client IP, {ACCURACY_S:.0f} s"
+        )
+        in_app = load(f"{base}/api/bench/accuracy", ACCURACY_S)
+        print(accuracy("in-app token bucket (Redis)", in_app, ACCURACY_CAPACITY, ACCURACY_RATE))
+        if gateway is not None:
+            # nginx admits the request that empties the bucket as well: burst + 1.
+            at_gateway = load(f"{gateway}/api/bench/plain", ACCURACY_S)
+            print(
+                accuracy(
+                    "nginx limit_req (burst=100 nodelay)",
+                    at_gateway,
+                    ACCURACY_CAPACITY,
+                    ACCURACY_RATE,
+                )
+            )
+            print(
+                "  refusals: app 429 problem+json with RateLimit fields and exact Retry-After;"
+                " nginx 429 (limit_req_status) with a static body, Retry-After fixed at 1 s"
+            )
+        else:
+            print("  nginx unavailable: gateway figures skipped")

@@ -1,0 +1,81 @@
+"""What a scenario is, what a run produced, and the verdict's checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chaos.scenarios.faults import Endpoints, Fault
+from chaos.scenarios.traffic import NOT_SENT, Sample
+
+if TYPE_CHECKING:
+    from chaos.scenarios.runner import RunContext
+
+# An order answered in one of these states is a documented answer: `pending_payment` is
+# the degraded mode of DESIGN section 3 (accepted now, authorised later).
+DOCUMENTED_ORDER_STATUSES = frozenset({"paid", "pending_payment"})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the verdict; ``passed`` None means it did not apply (skipped)."""
+
+    name: str
+    passed: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One experiment: a fault, what the stack must do under it, and its bounds.
+
+    Bounds are generous on purpose (a 2-core CI machine, compressed time): they catch
+    the harm the patterns exist to prevent (timeouts, errors, hangs), not jitter.
+    """
+
+    name: str
+    summary: str
+    fault: Fault
+    dependency: str  # the breaker that guards the faulted dependency ("" if none)
+    expect_breaker: bool  # it must open during the fault and be closed after recovery
+    p99_bound_s: float  # p99 latency of requests started during the fault
+    recover_bound_s: float  # heal -> every answer healthy again
+    what_users_see: str
+    create_share: float = 0.5  # fraction of requests that place orders (the rest read)
+    calls_to: str | None = None  # simulator whose received calls are counted ("payments")
+    settle_deferred: bool = False  # pending_payment orders must be paid in the end
+    storm: dict[str, int] | None = None  # retry-storm burst fired during the fault
+    extra_checks: tuple[Callable[[RunContext], Check], ...] = ()
+    needs: frozenset[str] = frozenset()  # "owned_redis", "webhooks"
+    prepare: Callable[[RunContext], None] | None = None  # setup after users exist
+    # Environment a harness-started stack gets for this scenario (make run: see README).
+    stack_env: dict[str, str] = field(default_factory=dict)
+    default_duration_s: float = 30.0
+    ci_duration_s: float = 4.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def healthy(self, sample: Sample) -> bool:
+        """Is this what a user gets when nothing is wrong?"""
+        if sample.status not in (200, 201):
+            return False
+        return sample.op not in ("create", "storm") or sample.order_status == "paid"
+
+
+def documented(sample: Sample) -> bool:
+    """Is this answer one the API documents (success, degraded, or a retryable refusal)?"""
+    if sample.status in (NOT_SENT, 0):
+        return False
+    if sample.status in (200, 201):
+        return sample.order_status is None or sample.order_status in DOCUMENTED_ORDER_STATUSES
+    # 429 rate limited, 503 dependency unavailable, 409 same key still in flight: each a
+    # problem+json document with Retry-After (DESIGN section 1).
+    if sample.status in (409, 429, 503):
+        return sample.retry_after is not None and sample.problem
+    return False
+
+
+__all__ = ["Check", "Endpoints", "Scenario", "documented"]

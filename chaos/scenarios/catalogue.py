@@ -1,0 +1,219 @@
+"""The experiments. Each names its fault, the breaker it expects, and its bounds.
+
+Bounds come from the settings (docs/timeouts.md): the request deadline is 5 s, the
+Postgres pool wait 1 s, payments attempts 0.25 s connect + 1 s read. They are generous
+for a loaded 2-core machine, and still far below what the same fault costs without the
+patterns (see each scenario's baseline in docs/chaos/).
+"""
+
+from __future__ import annotations
+
+from chaos.scenarios import webhooks
+from chaos.scenarios.base import Check, Scenario
+from chaos.scenarios.faults import KillRedis, ProxyDown, ProxyToxic, SimulatorFaults
+from chaos.scenarios.runner import RunContext, percentile
+from chaos.scenarios.traffic import NOT_SENT
+
+
+def _payments_calls_bounded(ctx: RunContext) -> Check:
+    """The breaker and the retry budget keep load off a failing provider."""
+    s = ctx.summary
+    calls = s["calls_to_dependency_during_fault"]
+    creates = sum(
+        1 for x in ctx.during_fault() if x.op in ("create", "storm") and x.status != NOT_SENT
+    )
+    if calls is None:
+        return Check("calls reaching payments bounded", None, "payments control port not reachable")
+    # Without a breaker every order would cost up to max_attempts (3) calls.
+    return Check(
+        "calls reaching payments bounded",
+        calls <= max(10, creates),
+        f"{calls} calls reached payments for {creates} order requests during the fault",
+    )
+
+
+def _bulkhead_isolates_reads(ctx: RunContext) -> Check:
+    """Slow payments must not slow reads: they never wait for a payments slot."""
+    reads = [x.latency_s for x in ctx.during_fault() if x.op in ("get", "list") and x.status == 200]
+    p99 = percentile(reads, 0.99)
+    bound = ctx.scenario.extra["read_p99_bound_s"]
+    return Check(
+        "reads unaffected by slow payments",
+        p99 is not None and p99 <= bound,
+        f"GET p99 {'n/a' if p99 is None else f'{p99 * 1000:.0f} ms'} during the fault "
+        f"(bound {bound * 1000:.0f} ms); "
+        f"{ctx.summary['bulkhead_rejected']:.0f} bulkhead rejections",
+    )
+
+
+def _bulkhead_rejected(ctx: RunContext) -> Check:
+    rejected = ctx.summary["bulkhead_rejected"]
+    return Check(
+        "bulkhead shed the excess", rejected >= 1, f"{rejected:.0f} calls refused by the bulkhead"
+    )
+
+
+def _storm_amplification(ctx: RunContext) -> Check:
+    """A storm of client retries must not become a storm of provider calls."""
+    calls = ctx.summary["calls_to_dependency_during_fault"]
+    storm = [x for x in ctx.samples if x.op == "storm"]
+    storm_keys = {x.key for x in storm}
+    if calls is None or not storm_keys:
+        return Check("retry storm absorbed", None, "payments control port not reachable")
+    # Idempotency keys collapse the storm's copies and retries into one order each; the
+    # retry budget and the deferral schedule bound the provider calls per order. Without
+    # them every storm request would be an order with up to 3 calls of its own.
+    fault_keys = {x.key for x in ctx.during_fault() if x.op in ("create", "storm")}
+    per_order = calls / max(1, len(fault_keys))
+    return Check(
+        "retry storm absorbed",
+        calls <= 2 * len(fault_keys) + 10,
+        f"{len(storm)} storm requests for {len(storm_keys)} keys; {calls} calls reached "
+        f"payments for {len(fault_keys)} orders during the fault ({per_order:.2f} per order)",
+    )
+
+
+def _webhooks_delivered(ctx: RunContext) -> Check:
+    """Every order event reaches the receiver once it is back (needs the webhooks feature)."""
+    return webhooks.deliveries_check(ctx)
+
+
+REDIS_USERS_SEE = (
+    "Nothing: rate limits fall back to per-process buckets, the cache is bypassed; "
+    "/readyz stays 200 and lists redis under degraded."
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            name="redis-down",
+            summary="Redis unreachable (network down through the proxy)",
+            fault=ProxyDown("redis"),
+            dependency="redis",
+            expect_breaker=True,
+            p99_bound_s=1.0,
+            recover_bound_s=15.0,
+            what_users_see=REDIS_USERS_SEE,
+        ),
+        Scenario(
+            name="redis-kill",
+            summary="redis-server killed with kill -9 (a Redis the harness owns), restarted empty",
+            fault=KillRedis(),
+            dependency="redis",
+            expect_breaker=True,
+            p99_bound_s=1.0,
+            recover_bound_s=15.0,
+            what_users_see=REDIS_USERS_SEE + " Limits restart from full buckets after the restart.",
+            needs=frozenset({"owned_redis"}),
+        ),
+        Scenario(
+            name="postgres-slow",
+            summary="Every Postgres round trip 50 ms slower (latency toxic, 20 ms jitter)",
+            fault=ProxyToxic("postgres", "latency", (("latency", 50), ("jitter", 20))),
+            dependency="postgres",
+            expect_breaker=False,  # slow is not down: statement timeouts, not the breaker
+            p99_bound_s=6.0,  # the request deadline (5 s) plus queueing
+            recover_bound_s=15.0,
+            what_users_see=(
+                "Slower answers; no errors unless the pool queue fills, then a fast 503 "
+                "with Retry-After."
+            ),
+        ),
+        Scenario(
+            name="postgres-down",
+            summary="Postgres unreachable (network down through the proxy)",
+            fault=ProxyDown("postgres"),
+            dependency="postgres",
+            expect_breaker=True,
+            p99_bound_s=2.5,  # pool wait (1 s) until the breaker opens, then fast
+            recover_bound_s=20.0,  # breaker reset (5 s by default) plus the trial
+            what_users_see="503 problem+json with Retry-After, fast once the breaker is open.",
+        ),
+        Scenario(
+            name="payments-503",
+            summary="The payment provider answers 503 (Retry-After: 1) to every call",
+            fault=SimulatorFaults(
+                "payments", (("error_rate", 1.0), ("error_status", 503), ("retry_after", 1))
+            ),
+            dependency="payments",
+            expect_breaker=True,
+            p99_bound_s=3.0,
+            recover_bound_s=30.0,  # breaker reset (10 s by default) plus the trial
+            what_users_see="201 with status pending_payment; the worker pays the order later.",
+            calls_to="payments",
+            settle_deferred=True,
+            extra_checks=(_payments_calls_bounded,),
+        ),
+        Scenario(
+            name="payments-slow",
+            summary="The payment provider takes 2 s per call (read timeout 1 s)",
+            fault=SimulatorFaults("payments", (("latency_ms", 2000),)),
+            dependency="payments",
+            expect_breaker=True,
+            p99_bound_s=5.5,  # the request deadline (5 s) bounds the retries
+            recover_bound_s=30.0,
+            what_users_see=(
+                "A slower 201 pending_payment at first, then a fast one once the breaker opens."
+            ),
+            calls_to="payments",
+            settle_deferred=True,
+            extra_checks=(_payments_calls_bounded,),
+        ),
+        Scenario(
+            name="webhook-target-down",
+            summary="The webhook receiver refuses connections",
+            fault=SimulatorFaults("receiver", (("down", True),)),
+            dependency="",  # per-target breakers are named webhook:<host>
+            expect_breaker=False,
+            p99_bound_s=1.5,  # the API never waits for webhook delivery
+            recover_bound_s=15.0,
+            what_users_see="Nothing on the API; deliveries wait, then arrive once it is back.",
+            extra_checks=(_webhooks_delivered,),
+            needs=frozenset({"webhooks"}),
+            prepare=webhooks.prepare,
+        ),
+        Scenario(
+            name="retry-storm",
+            summary=(
+                "Flaky payments (50% 503) while 20 clients each fire 3 copies of an order "
+                "and retry at once"
+            ),
+            fault=SimulatorFaults(
+                "payments", (("error_rate", 0.5), ("error_status", 503), ("retry_after", 0))
+            ),
+            dependency="payments",
+            expect_breaker=False,  # consecutive-failure breaker: 50% rarely trips it
+            p99_bound_s=5.5,
+            recover_bound_s=30.0,
+            what_users_see=(
+                "One order per Idempotency-Key: duplicates in flight get 409 with Retry-After, "
+                "later ones the stored answer; paid or pending_payment."
+            ),
+            calls_to="payments",
+            settle_deferred=True,
+            storm={"clients": 20, "copies": 3, "retries": 3},
+            extra_checks=(_storm_amplification,),
+        ),
+        Scenario(
+            name="bulkhead-saturation",
+            summary="Payments slowed to 800 ms a call while orders keep coming: bulkhead fills",
+            fault=SimulatorFaults("payments", (("latency_ms", 800),)),
+            dependency="payments",
+            expect_breaker=False,  # slow but answering: nothing for the breaker to count
+            p99_bound_s=3.0,
+            recover_bound_s=30.0,
+            what_users_see=(
+                "Orders beyond the bulkhead: an immediate 201 pending_payment; reads unaffected."
+            ),
+            create_share=0.7,
+            calls_to="payments",
+            settle_deferred=True,
+            extra_checks=(_bulkhead_rejected, _bulkhead_isolates_reads),
+            extra={"read_p99_bound_s": 1.0},
+            # Two slots per process, below the 4 threads of a gunicorn worker: calls
+            # beyond them are refused at once instead of holding every thread.
+            stack_env={"PAYMENTS_BULKHEAD_MAX": "2"},
+        ),
+    )
+}

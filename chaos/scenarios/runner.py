@@ -1,0 +1,514 @@
+"""Run one scenario: steady state -> traffic -> inject -> observe -> heal -> recover -> verdict."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.scenarios.base import Check, Scenario, documented
+from chaos.scenarios.client import ChaosError, request, require_loopback
+from chaos.scenarios.faults import Endpoints
+from chaos.scenarios.observe import Metrics, Observer, fetch_metrics, fetch_readiness, metric_sum
+from chaos.scenarios.traffic import NOT_SENT, Sample, Traffic, User, UserPool, orders_by_key
+
+STEADY_TIMEOUT_S = 60.0
+# Each user places at most this many orders per second: the per-user order limit
+# (orders_create) refills at 1/s, and the experiment is about faults, not that limit.
+ORDERS_PER_USER_PER_S = 0.5
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunContext:
+    """Everything a run saw; checks and reports read it."""
+
+    scenario: Scenario
+    endpoints: Endpoints
+    config: dict[str, Any]
+    users: list[User]
+    traffic: Traffic
+    observer: Observer
+    t_inject: float = 0.0
+    t_heal: float = 0.0
+    t_end: float = 0.0
+    steady: Check | None = None
+    metrics_before: Metrics = field(default_factory=dict)
+    metrics_after: Metrics = field(default_factory=dict)
+    calls_during_fault: int | None = None
+    calls_total: int | None = None
+    counts_before: dict[int, int] = field(default_factory=dict)
+    counts_after: dict[int, int] = field(default_factory=dict)
+    missing_orders: list[str] = field(default_factory=list)
+    double_authorizations: int | None = None
+    unsettled: list[str] | None = None
+    checks: list[Check] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.traffic.snapshot()
+
+    def during_fault(self) -> list[Sample]:
+        return [s for s in self.samples if self.t_inject <= s.t < self.t_heal]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed is not False for c in self.checks)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def _simulator_calls(endpoints: Endpoints, name: str | None) -> int | None:
+    if not name:
+        return None
+    try:
+        url = endpoints.simulator(name)
+    except ChaosError:
+        return None
+    answer = request("GET", f"{url}/stats", timeout=5)
+    if answer.status != 200 or not isinstance(answer.body, dict):
+        return None
+    return int(answer.body.get("requests", answer.body.get("received", 0)))
+
+
+def _order_count(base_url: str, user: User) -> int | None:
+    for _ in range(5):
+        answer = request("GET", f"{base_url}/api/v1/orders?page_size=1", headers=user.auth)
+        if answer.status == 200:
+            return int(answer.body["count"])
+        time.sleep(0.5)
+    return None
+
+
+def _probe(endpoints: Endpoints, user: User) -> str | None:
+    """None when the stack serves normally; otherwise what is wrong."""
+    status, degraded = fetch_readiness(endpoints.base_url)
+    if status != 200 or degraded:
+        return f"/readyz {status}, degraded {degraded}"
+    metrics = fetch_metrics(endpoints.base_url)
+    if metrics is None:
+        return "/metrics unavailable"
+    open_breakers = {
+        dict(labels)["dependency"]
+        for (name, labels), value in metrics.items()
+        if name == "resilience_breaker_state" and value > 0
+    }
+    answer = request(
+        "POST",
+        f"{endpoints.base_url}/api/v1/orders",
+        body={"currency": "EUR", "items": [{"sku": "probe", "quantity": 1, "unit_price": 100}]},
+        headers={**user.auth, "Idempotency-Key": f"probe-{uuid.uuid4()}"},
+    )
+    paid = answer.status == 201 and answer.body.get("status") == "paid"
+    if not paid:
+        return f"probe order -> {answer.status} {answer.body!r:.120}"
+    if open_breakers:
+        return f"breakers not closed: {sorted(open_breakers)}"
+    return None
+
+
+def wait_steady(endpoints: Endpoints, user: User, timeout: float, log: Log) -> Check:
+    """Poll until the stack is healthy (readiness, breakers closed, an order gets paid)."""
+    deadline = time.monotonic() + timeout
+    problem = "not checked"
+    while time.monotonic() < deadline:
+        problem = _probe(endpoints, user)
+        if problem is None:
+            return Check(
+                "steady state before the fault", True, "ready, breakers closed, order paid"
+            )
+        time.sleep(0.5)
+    log(f"steady state not reached: {problem}")
+    return Check("steady state before the fault", False, problem)
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run_scenario(
+    scenario: Scenario,
+    endpoints: Endpoints,
+    *,
+    duration_s: float | None = None,
+    rps: float = 10.0,
+    steady_s: float | None = None,
+    recover_timeout_s: float | None = None,
+    users: int | None = None,
+    user_cache: Path | None = None,
+    log: Log = print,
+    seed: int | None = None,
+) -> RunContext:
+    """Run ``scenario`` against ``endpoints`` and return everything it saw, checks included."""
+    base_url = require_loopback(endpoints.base_url)
+    if "owned_redis" in scenario.needs and endpoints.redis is None:
+        raise ChaosError(f"{scenario.name} kills a Redis the harness owns: use --stack local")
+    duration = scenario.default_duration_s if duration_s is None else duration_s
+    steady = steady_s if steady_s is not None else min(10.0, max(2.0, duration / 3))
+    recover_timeout = recover_timeout_s or max(30.0, 2 * scenario.recover_bound_s)
+    user_count = users or max(2, math.ceil(rps * scenario.create_share / ORDERS_PER_USER_PER_S))
+    config = {
+        "duration_s": duration,
+        "rps": rps,
+        "steady_s": steady,
+        "recover_timeout_s": recover_timeout,
+        "users": user_count,
+        "fault": scenario.fault.description,
+        "stack": endpoints.label,
+        "resilience_enabled": endpoints.env.get("RESILIENCE_ENABLED", "true (stack default)"),
+    }
+    log(f"[{scenario.name}] {user_count} users on {base_url}; fault: {scenario.fault.description}")
+    pool = UserPool(base_url, cache_path=user_cache).ensure(user_count)
+    scenario.fault.heal(endpoints)  # a leftover from an interrupted run would spoil the baseline
+
+    max_seconds = steady + duration + recover_timeout + 5
+    storm_requests = 0
+    if scenario.storm:
+        storm_requests = (
+            scenario.storm["clients"] * scenario.storm["copies"] * (scenario.storm["retries"] + 1)
+        )
+    traffic = Traffic(
+        base_url,
+        pool,
+        rps=rps,
+        t0=0.0,  # set below, once steady state is reached
+        max_seconds=max_seconds,
+        max_requests=int(rps * max_seconds * 1.5) + storm_requests,
+        create_share=scenario.create_share,
+        seed=seed,
+    )
+    ctx = RunContext(scenario, endpoints, config, pool, traffic, Observer(base_url, 0.0))
+    if scenario.prepare is not None:
+        scenario.prepare(ctx)
+    ctx.steady = wait_steady(endpoints, pool[0], STEADY_TIMEOUT_S, log)
+    if not ctx.steady.passed:
+        ctx.checks = [ctx.steady]
+        return ctx
+    ctx.counts_before = {i: _order_count(base_url, u) or 0 for i, u in enumerate(pool)}
+    ctx.metrics_before = fetch_metrics(base_url) or {}
+    t0 = time.monotonic()
+    traffic.t0 = ctx.observer.t0 = t0
+    ctx.observer.start()
+    calls_before = _drive(ctx, steady, duration, recover_timeout, log)
+    ctx.t_end = traffic.now()
+    calls_after = _simulator_calls(endpoints, scenario.calls_to)
+    if calls_before is not None and calls_after is not None:
+        ctx.calls_total = calls_after - calls_before
+    ctx.metrics_after = fetch_metrics(base_url) or {}
+    _verify_orders(ctx)
+    ctx.summary = summarise(ctx)
+    ctx.checks = [ctx.steady, *evaluate(ctx)]
+    verdict = "PASS" if ctx.passed else "FAIL"
+    log(f"[{scenario.name}] verdict {verdict}")
+    return ctx
+
+
+def _drive(
+    ctx: RunContext, steady: float, duration: float, recover_timeout: float, log: Log
+) -> int | None:
+    """The timed part: traffic, inject, hold, heal, recover. Returns the simulator's call
+    count at injection (None when not counted)."""
+    scenario, endpoints, traffic = ctx.scenario, ctx.endpoints, ctx.traffic
+    traffic.start()
+    try:
+        _sleep_until(traffic, steady)
+        calls_before = _simulator_calls(endpoints, scenario.calls_to)
+        log(f"[{scenario.name}] t={traffic.now():.1f}s inject: {scenario.fault.description}")
+        scenario.fault.inject(endpoints)
+        ctx.t_inject = traffic.now()
+        try:
+            if scenario.storm:
+                traffic.storm(**scenario.storm)
+            _sleep_until(traffic, ctx.t_inject + duration)
+            calls_at_heal = _simulator_calls(endpoints, scenario.calls_to)
+        finally:
+            scenario.fault.heal(endpoints)
+            ctx.t_heal = traffic.now()
+        log(f"[{scenario.name}] t={ctx.t_heal:.1f}s healed; waiting for recovery")
+        if calls_before is not None and calls_at_heal is not None:
+            ctx.calls_during_fault = calls_at_heal - calls_before
+        _wait_recovered(ctx, recover_timeout)
+        _sleep_until(traffic, traffic.now() + 1.5)  # a short healthy tail, seen in the report
+    finally:
+        traffic.stop()
+        ctx.observer.stop()
+    return calls_before
+
+
+def _sleep_until(traffic: Traffic, t: float) -> None:
+    # Pacing of the experiment's phases (steady, fault), measured on the run's clock.
+    remaining = t - traffic.now()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def _breaker_closed(ctx: RunContext) -> bool:
+    dependency = ctx.scenario.dependency
+    if not (ctx.scenario.expect_breaker and dependency):
+        return True
+    latest = ctx.observer.latest()
+    return latest is not None and latest.t > ctx.t_heal and latest.breakers.get(dependency, 0) == 0
+
+
+def _wait_recovered(ctx: RunContext, timeout: float) -> None:
+    """Until the last answers are healthy and the breaker closed again (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    needed = max(5, int(ctx.config["rps"]))  # about a second of healthy traffic
+    while time.monotonic() < deadline:
+        tail = [s for s in ctx.samples if s.t >= ctx.t_heal][-needed:]
+        if len(tail) == needed and all(map(ctx.scenario.healthy, tail)) and _breaker_closed(ctx):
+            return
+        time.sleep(0.25)
+
+
+def time_to_recover(ctx: RunContext) -> float | None:
+    """Seconds from heal to the start of the final all-healthy stretch (None: never)."""
+    after = sorted((s for s in ctx.samples if s.t >= ctx.t_heal), key=lambda s: s.t)
+    if not after or not ctx.scenario.healthy(after[-1]):
+        return None
+    recovered_at = ctx.t_heal
+    for sample in after:
+        if not ctx.scenario.healthy(sample):
+            recovered_at = sample.t
+    # A request started exactly when the last unhealthy one did is the first healthy one.
+    later = [s.t for s in after if s.t > recovered_at]
+    if recovered_at == ctx.t_heal:
+        return 0.0
+    return (later[0] if later else recovered_at) - ctx.t_heal
+
+
+def _verify_orders(ctx: RunContext) -> None:
+    """Every order the API confirmed (201) must exist; deferred ones must settle."""
+    base = ctx.endpoints.base_url
+    created = ctx.traffic.created_order_ids()
+
+    def fetch(item: tuple[str, int]) -> tuple[str, int, str | None]:
+        order_id, user = item
+        answer = None
+        for _ in range(4):
+            answer = request(
+                "GET", f"{base}/api/v1/orders/{order_id}", headers=ctx.users[user].auth
+            )
+            if answer.status not in (0, 429, 503):
+                break
+            time.sleep(1.0)
+        status = answer.body.get("status") if answer and answer.status == 200 else None
+        return order_id, answer.status if answer else 0, status
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = list(pool.map(fetch, created.items()))
+    ctx.missing_orders = [oid for oid, code, _ in found if code != 200]
+    ctx.counts_after = {i: _order_count(base, u) or 0 for i, u in enumerate(ctx.users)}
+    if ctx.scenario.calls_to == "payments" or ctx.scenario.settle_deferred:
+        ctx.double_authorizations = _double_authorizations(ctx)
+    if ctx.scenario.settle_deferred and ctx.endpoints.has_worker:
+        pending = [oid for oid, _, status in found if status == "pending_payment"]
+        ctx.unsettled = _wait_settled(ctx, pending, created)
+
+
+def _double_authorizations(ctx: RunContext) -> int | None:
+    try:
+        url = ctx.endpoints.simulator("payments")
+    except ChaosError:
+        return None
+    answer = request("GET", f"{url}/authorizations", timeout=10)
+    if answer.status != 200:
+        return None
+    per_order = Counter(a["order_id"] for a in answer.body["authorizations"])
+    return sum(n - 1 for n in per_order.values() if n > 1)
+
+
+def _wait_settled(ctx: RunContext, pending: list[str], owners: dict[str, int]) -> list[str]:
+    """Wait (bounded) until the worker has authorised every deferred order."""
+    deadline = time.monotonic() + float(ctx.scenario.extra.get("settle_timeout_s", 90))
+    remaining = list(pending)
+    while remaining and time.monotonic() < deadline:
+        still = []
+        for order_id in remaining:
+            answer = request(
+                "GET",
+                f"{ctx.endpoints.base_url}/api/v1/orders/{order_id}",
+                headers=ctx.users[owners[order_id]].auth,
+            )
+            if not (answer.status == 200 and answer.body.get("status") == "paid"):
+                still.append(order_id)
+        remaining = still
+        if remaining:
+            time.sleep(1.0)
+    return remaining
+
+
+# -- figures and checks -------------------------------------------------------------------
+
+
+def summarise(ctx: RunContext) -> dict[str, Any]:
+    samples = ctx.samples
+    fault = ctx.during_fault()
+    sent = [s for s in samples if s.status != NOT_SENT]
+    fault_sent = [s for s in fault if s.status != NOT_SENT]
+    dependency = ctx.scenario.dependency
+    by_key = orders_by_key(samples)
+    before, after = ctx.metrics_before, ctx.metrics_after
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+    keys = ctx.traffic.keys
+    unresolved = sum(1 for k in keys.values() if not k.order_ids)
+    created = {oid for ids in by_key.values() for oid in ids}
+    server_delta = sum(ctx.counts_after.values()) - sum(ctx.counts_before.values())
+    steady_lat = [s.latency_s for s in sent if s.t < ctx.t_inject]
+    fault_lat = [s.latency_s for s in fault_sent]
+    closed_at = None
+    for obs in ctx.observer.observations:
+        if obs.t >= ctx.t_heal and obs.breakers.get(dependency, 0) == 0:
+            closed_at = closed_at if closed_at is not None else obs.t
+        else:
+            closed_at = None
+    return {
+        "requests": len(sent),
+        "not_sent": len(samples) - len(sent),
+        "by_status": dict(sorted(Counter(str(s.status) for s in samples).items())),
+        "fault_by_status": dict(sorted(Counter(str(s.status) for s in fault).items())),
+        "failed": sum(1 for s in samples if s.status not in (200, 201)),
+        "failed_during_fault": sum(1 for s in fault if s.status not in (200, 201)),
+        "undocumented": sum(1 for s in samples if not documented(s)),
+        "degraded_orders": sum(1 for s in samples if s.order_status == "pending_payment"),
+        "p50_steady_s": percentile(steady_lat, 0.5),
+        "p99_steady_s": percentile(steady_lat, 0.99),
+        "p50_fault_s": percentile(fault_lat, 0.5),
+        "p99_fault_s": percentile(fault_lat, 0.99),
+        "max_fault_s": max(fault_lat) if fault_lat else None,
+        "mean_fault_s": statistics.fmean(fault_lat) if fault_lat else None,
+        "time_to_recover_s": time_to_recover(ctx),
+        "breaker": dependency or None,
+        "breaker_opened": delta(
+            "resilience_breaker_transitions_total", dependency=dependency, to_state="open"
+        )
+        if dependency
+        else None,
+        "breaker_closed_after_heal_s": None if closed_at is None else closed_at - ctx.t_heal,
+        "breaker_refusals": delta(
+            "resilience_breaker_calls_not_permitted_total", dependency=dependency
+        )
+        if dependency
+        else None,
+        "bulkhead_rejected": delta("resilience_bulkhead_rejected_total", dependency="payments"),
+        "retries": delta("resilience_retry_retries_total", dependency="payments"),
+        "retry_budget_exhausted": delta(
+            "resilience_retry_budget_exhausted_total", dependency="payments"
+        ),
+        "calls_to_dependency_during_fault": ctx.calls_during_fault,
+        "calls_to_dependency_total": ctx.calls_total,
+        "slow_failures_during_fault": sum(
+            1 for s in fault_sent if s.status not in (200, 201) and s.latency_s >= 0.5
+        ),
+        "orders_confirmed": len(created),
+        "orders_missing": len(ctx.missing_orders),
+        "keys": len(keys),
+        "keys_unresolved": unresolved,
+        "keys_with_several_orders": sum(1 for ids in by_key.values() if len(ids) > 1),
+        "server_order_delta": server_delta,
+        "double_authorizations": ctx.double_authorizations,
+        "unsettled_deferred": None if ctx.unsettled is None else len(ctx.unsettled),
+        "client_retries": sum(1 for s in samples if s.attempt > 1),
+        "t_inject": ctx.t_inject,
+        "t_heal": ctx.t_heal,
+        "t_end": ctx.t_end,
+    }
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f} ms"
+
+
+def evaluate(ctx: RunContext) -> list[Check]:
+    s, sc = ctx.summary, ctx.scenario
+    checks = [
+        Check(
+            "no lost orders",
+            s["orders_missing"] == 0,
+            f"{s['orders_confirmed']} orders confirmed with 201, "
+            f"{s['orders_missing']} not found after",
+        ),
+        _duplicates(s),
+        Check(
+            "only documented errors",
+            s["undocumented"] == 0,
+            f"{s['undocumented']} answers outside 2xx / 409, 429, 503 with Retry-After "
+            f"(by status: {s['by_status']})",
+        ),
+        Check(
+            "p99 during the fault",
+            s["p99_fault_s"] is not None and s["p99_fault_s"] <= sc.p99_bound_s,
+            f"p99 {_fmt(s['p99_fault_s'])} (bound {sc.p99_bound_s * 1000:.0f} ms)",
+        ),
+        Check(
+            "recovered",
+            s["time_to_recover_s"] is not None and s["time_to_recover_s"] <= sc.recover_bound_s,
+            f"healthy again {_seconds(s['time_to_recover_s'])} "
+            f"after heal (bound {sc.recover_bound_s:g} s)",
+        ),
+    ]
+    if sc.expect_breaker:
+        checks += [
+            Check(
+                f"breaker {sc.dependency} opened",
+                (s["breaker_opened"] or 0) >= 1,
+                f"{s['breaker_opened']:.0f} transitions to open, "
+                f"{s['breaker_refusals']:.0f} calls refused",
+            ),
+            Check(
+                f"breaker {sc.dependency} closed again",
+                s["breaker_closed_after_heal_s"] is not None,
+                f"closed {_seconds(s['breaker_closed_after_heal_s'])} after heal",
+            ),
+        ]
+    if sc.settle_deferred:
+        checks.append(
+            Check("deferred orders paid later", None, "no worker on this stack: not checked")
+            if s["unsettled_deferred"] is None
+            else Check(
+                "deferred orders paid later",
+                s["unsettled_deferred"] == 0,
+                f"{s['degraded_orders']} pending_payment answers, "
+                f"{s['unsettled_deferred']} orders still unpaid",
+            )
+        )
+    checks += [check(ctx) for check in sc.extra_checks]
+    return checks
+
+
+def _duplicates(s: dict[str, Any]) -> Check:
+    # Orders the server holds for the run's users beyond what the client asked for (one
+    # per Idempotency-Key) would be duplicates created by retried requests.
+    extra = s["server_order_delta"] - s["keys"]
+    ok = s["keys_with_several_orders"] == 0 and extra <= 0 and not s["double_authorizations"]
+    return Check(
+        "no duplicates under retries",
+        ok,
+        f"{s['keys']} keys, {s['client_retries']} client retries, "
+        f"{s['keys_with_several_orders']} keys "
+        f"with several orders, server holds {s['server_order_delta']} new orders, "
+        f"double authorisations {s['double_authorizations']}",
+    )

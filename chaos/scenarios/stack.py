@@ -1,0 +1,328 @@
+"""A whole stack the harness starts itself, on free ports: the CI stack and ``--stack local``.
+
+gunicorn (subprocess) and, optionally, a Celery worker with beat embedded (subprocess)
+reach Postgres, Redis and payments only through the chaos proxy (in a thread). Payments
+and the webhook receiver run in threads; Redis is a redis-server of our own on a free
+port (so ``redis-kill`` may kill it), never the shared one. Postgres is the database
+given (the test database in CI); the proxy is the only way faults reach it.
+
+Everything started is stopped by :meth:`LocalStack.stop`, process groups included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+from chaos.payments import PaymentsService
+from chaos.proxy import ProxyServer
+from chaos.receiver import ReceiverService
+from chaos.scenarios.client import ChaosError, request
+from chaos.scenarios.faults import Endpoints
+from chaos.toxiproxy_client import ToxiproxyClient
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+# Compressed time for CI and local runs: breakers re-try after 1-2 s instead of 5-60 s,
+# deferred payments and webhook retries start within a second. Signup and login limits
+# are raised so an experiment can make its users (the limits themselves are not under
+# test here); the per-user order limit is untouched.
+COMPRESSED_ENV = {
+    "POSTGRES_BREAKER_RESET_S": "1",
+    "PAYMENTS_BREAKER_RESET_S": "2",
+    "ORDERS_DEFERRED_PAYMENT_BASE_S": "0.2",
+    "ORDERS_DEFERRED_PAYMENT_SWEEP_S": "1",
+    "WEBHOOK_BREAKER_RESET_S": "2",
+    "WEBHOOKS_RETRY_BASE_S": "0.5",
+    "WEBHOOKS_RETRY_CAP_S": "2",
+    "WEBHOOKS_BREAKER_JITTER_S": "0.5",
+    "WEBHOOKS_SWEEP_INTERVAL_S": "1",
+    "RATELIMIT_POLICY_OVERRIDES": (
+        '{"signup": {"capacity": 1000, "refill_rate": 100}, '
+        '"login_ip": {"capacity": 1000, "refill_rate": 100}, '
+        '"login_username": {"capacity": 100, "refill_rate": 10}}'
+    ),
+}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ChaosError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Process:
+    """A child in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.command = command
+        self.env = env
+        self.log_path = log
+        self._log: IO[bytes] | None = None
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class OwnedRedis:
+    """A redis-server on a free port, ours to kill -9 and start again (empty)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ChaosError("redis-server not found on PATH (needed for a harness-owned Redis)")
+        self.port = free_port()
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+        self.process = Process("redis", command, dict(os.environ), workdir / "redis.log")
+
+    def _pings(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        """Start it (no-op while it runs) and wait until it answers PING."""
+        if self.process.alive():
+            return
+        self.process.stop()
+        self.process.start()
+        _wait(self._pings, 15, "redis-server")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no save, connections cut mid-flight."""
+        self.process.signal(signal.SIGKILL)
+        if self.process.popen is not None:
+            self.process.popen.wait()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class LocalStack:
+    """gunicorn + proxy + payments + receiver + own Redis [+ Celery worker with beat]."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        workdir: Path,
+        base_env: dict[str, str],
+        resilience_enabled: bool = True,
+        worker: bool = True,
+        web_workers: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.workdir = workdir
+        self.base_env = base_env
+        self.resilience_enabled = resilience_enabled
+        self.worker = worker
+        self.web_workers = web_workers
+        self.extra_env = env or {}
+        self.processes: list[Process] = []
+        self.endpoints: Endpoints | None = None
+        self._exit = ExitStack()
+
+    def __enter__(self) -> Endpoints:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> Endpoints:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        redis = OwnedRedis(self.workdir)
+        redis.start()
+        self._exit.callback(redis.stop)
+
+        payments = PaymentsService()
+        payments.start()
+        self._exit.callback(payments.stop)
+        receiver = ReceiverService()
+        receiver.start()
+        self._exit.callback(receiver.stop)
+
+        proxy_server = ProxyServer(port=0)
+        proxy_port = proxy_server.start_in_thread()
+        self._exit.callback(proxy_server.stop)
+        proxy = ToxiproxyClient(f"http://127.0.0.1:{proxy_port}")
+        db = urlsplit(self.database_url)
+        listen = {}
+        for name, upstream in (
+            ("postgres", f"{db.hostname}:{db.port or 5432}"),
+            ("redis", f"127.0.0.1:{redis.port}"),
+            ("payments", f"127.0.0.1:{payments.api_port}"),
+        ):
+            created = proxy.create_proxy(name, "127.0.0.1:0", upstream)
+            listen[name] = created["listen"]
+        credentials = db.netloc.rpartition("@")[0]
+        web_port = free_port()
+        metrics_dir = self.workdir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        env = {
+            **self.base_env,
+            **COMPRESSED_ENV,
+            "DATABASE_URL": db._replace(netloc=f"{credentials}@{listen['postgres']}").geturl(),
+            "REDIS_URL": f"redis://{listen['redis']}/0",
+            "PAYMENTS_URL": f"http://{listen['payments']}",
+            "RESILIENCE_ENABLED": "true" if self.resilience_enabled else "false",
+            "WEB_PORT": str(web_port),
+            "WEB_WORKERS": str(self.web_workers),
+            "WORKER_METRICS_PORT": "0",
+            "PATH": f"{BIN}{os.pathsep}{self.base_env.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        for name in ("web", "worker"):
+            (metrics_dir / name).mkdir(parents=True)
+        web = Process(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi:application",
+                "-c",
+                "config/gunicorn.py",
+            ],
+            {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir / "web")},
+            self.workdir / "web.log",
+        )
+        self._start(web)
+        base_url = f"http://127.0.0.1:{web_port}"
+        if self.worker:
+            worker = Process(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-B",
+                    "-Q",
+                    "default,webhooks",
+                    "--pool",
+                    "prefork",
+                    "--concurrency",
+                    "2",
+                    "--schedule",
+                    str(self.workdir / "beat-schedule"),
+                    "--without-heartbeat",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-n",
+                    f"chaos-{web_port}@%h",
+                    "--loglevel",
+                    "INFO",
+                ],
+                {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir / "worker")},
+                self.workdir / "worker.log",
+            )
+            self._start(worker)
+        _wait(lambda: self._up(base_url), START_TIMEOUT_S, f"gunicorn at {base_url}")
+        if self.worker:
+            _wait(lambda: "ready" in worker.log_text(), START_TIMEOUT_S, "celery worker")
+        self.endpoints = Endpoints(
+            base_url=base_url,
+            proxy_url=f"http://127.0.0.1:{proxy_port}",
+            payments_control_url=payments.control_url,
+            receiver_control_url=receiver.control_url,
+            receiver_url=receiver.api_url,
+            redis=redis,
+            has_worker=self.worker,
+            label=f"harness stack ({self.web_workers} gunicorn workers"
+            f"{', a Celery worker' if self.worker else ''}; compressed timings)",
+            env=env,
+        )
+        return self.endpoints
+
+    def _start(self, process: Process) -> None:
+        process.start()
+        self.processes.append(process)
+        self._exit.callback(process.stop)
+
+    def _up(self, base_url: str) -> bool:
+        for process in self.processes:
+            if not process.alive():
+                raise ChaosError(f"{process.name} exited: {process.log_text()[-2000:]}")
+        return request("GET", f"{base_url}/healthz", timeout=2).status == 200
+
+    def stop(self) -> None:
+        """Stop everything, in reverse order of start."""
+        self._exit.close()

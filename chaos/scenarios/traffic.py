@@ -1,0 +1,371 @@
+"""Users and traffic: real accounts made through the API, requests sent at a fixed rate.
+
+The generator is open-loop (a request leaves every ``1/rps`` seconds whether or not the
+previous ones answered), as real clients are, and bounded three ways: a cap on requests
+in flight (beyond it a tick is recorded as ``not_sent``), a cap on the total number of
+requests, and a wall-clock limit. It behaves like a well-written client: every order
+carries an ``Idempotency-Key``, and an order that got no answer, a 409, a 429 or a 5xx
+is retried with the same key after ``Retry-After`` (capped, jittered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.scenarios.client import Answer, ChaosError, request
+
+NOT_SENT = -1  # status of a tick the client could not send (too many requests in flight)
+ORDER = {"currency": "EUR", "items": [{"sku": "chaos-widget", "quantity": 1, "unit_price": 1999}]}
+RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class User:
+    email: str
+    password: str
+    token: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+
+class UserPool:
+    """Make (or reuse) ``n`` users with tokens, through signup and login like any client.
+
+    Signup and login are rate-limited per IP (10 signups an hour by default), so users
+    made against a long-lived stack are kept in ``cache_path`` and reused while their
+    tokens work. See chaos/README.md for ``RATELIMIT_POLICY_OVERRIDES``.
+    """
+
+    def __init__(self, base_url: str, *, cache_path: Path | None = None) -> None:
+        self.base_url = base_url
+        self.cache_path = cache_path
+
+    def ensure(self, count: int) -> list[User]:
+        """Return ``count`` users whose tokens work right now."""
+        users = [u for u in self._load() if self._usable(u)][:count]
+        while len(users) < count:
+            users.append(self._signup())
+        self._save(users)
+        return users
+
+    def _usable(self, user: User) -> bool:
+        if (
+            user.token
+            and request("GET", f"{self.base_url}/api/v1/auth/me", headers=user.auth).status == 200
+        ):
+            return True
+        return self._login(user, required=False)
+
+    def _login(self, user: User, *, required: bool) -> bool:
+        credentials = {"email": user.email, "password": user.password}
+        answer = request("POST", f"{self.base_url}/api/v1/auth/login", body=credentials)
+        if answer.status == 200:
+            user.token = answer.body["token"]
+            return True
+        if required:
+            raise ChaosError(_setup_failure("login", answer))
+        return False
+
+    def _signup(self) -> User:
+        user = User(
+            f"chaos-{uuid.uuid4().hex[:12]}@example.com", secrets.token_urlsafe(18) + "-Aa1"
+        )
+        credentials = {"email": user.email, "password": user.password}
+        answer = request("POST", f"{self.base_url}/api/v1/auth/signup", body=credentials)
+        if answer.status != 201:
+            raise ChaosError(_setup_failure("signup", answer))
+        self._login(user, required=True)
+        return user
+
+    def _load(self) -> list[User]:
+        if self.cache_path is None or not self.cache_path.exists():
+            return []
+        try:
+            stored = json.loads(self.cache_path.read_text()).get(self.base_url, [])
+            return [User(**item) for item in stored]
+        except (ValueError, TypeError, AttributeError):
+            return []
+
+    def _save(self, users: list[User]) -> None:
+        if self.cache_path is None:
+            return
+        try:
+            data = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
+        except ValueError:
+            data = {}
+        data[self.base_url] = [asdict(u) for u in users]
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        self.cache_path.write_text(json.dumps(data, indent=2))
+
+
+def _setup_failure(step: str, answer: Answer) -> str:
+    hint = ""
+    if answer.status == 429:
+        hint = (
+            " -- the stack rate-limits signup/login per IP; start it with "
+            "RATELIMIT_POLICY_OVERRIDES (see chaos/README.md) or use fewer --users"
+        )
+    return f"{step} failed with {answer.status} {answer.error or answer.body!r}{hint}"
+
+
+@dataclass
+class Sample:
+    """One request as the client saw it; ``t`` is its start, seconds from the run's t0."""
+
+    t: float
+    latency_s: float
+    op: str  # create | get | list | storm
+    status: int
+    user: int
+    retry_after: str | None = None
+    problem: bool = False  # answered application/problem+json
+    order_status: str | None = None
+    order_id: str | None = None
+    key: str | None = None
+    attempt: int = 1
+    error: str | None = None
+
+
+@dataclass
+class OrderKey:
+    """What the client knows about one logical order (one Idempotency-Key)."""
+
+    user: int
+    order_ids: set[str] = field(default_factory=set)
+    attempts: int = 0
+    final_status: int | None = None
+
+
+class Traffic:
+    """Fixed-rate, bounded traffic against one stack; run it with start()/stop()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        users: list[User],
+        *,
+        rps: float,
+        t0: float,
+        max_seconds: float,
+        max_requests: int,
+        max_in_flight: int = 32,
+        create_share: float = 0.5,
+        client_retries: int = 3,
+        retry_after_cap_s: float = 2.0,
+        seed: int | None = None,
+    ) -> None:
+        if rps <= 0 or not users:
+            raise ChaosError("traffic needs rps > 0 and at least one user")
+        self.base_url = base_url
+        self.users = users
+        self.rps = rps
+        self.t0 = t0
+        self.max_seconds = max_seconds
+        self.max_requests = max_requests
+        self.max_in_flight = max_in_flight
+        self.create_share = create_share
+        self.client_retries = client_retries
+        self.retry_after_cap_s = retry_after_cap_s
+        self.samples: list[Sample] = []
+        self.keys: dict[str, OrderKey] = {}
+        self._orders_by_user: dict[int, list[str]] = {i: [] for i in range(len(users))}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sent = 0
+        self._in_flight = 0
+        self._rng = random.Random(seed)
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_in_flight, thread_name_prefix="chaos-traffic"
+        )
+        self._thread = threading.Thread(target=self._pace, name="chaos-pacer", daemon=True)
+
+    # -- control -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop sending, wait for requests in flight (each has a client timeout)."""
+        self._stop.set()
+        self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def snapshot(self) -> list[Sample]:
+        with self._lock:
+            return list(self.samples)
+
+    def created_order_ids(self) -> dict[str, int]:
+        """Order id -> user index, for every order the API answered 201 for."""
+        with self._lock:
+            return {oid: key.user for key in self.keys.values() for oid in key.order_ids}
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _pace(self) -> None:
+        interval = 1.0 / self.rps
+        tick = 0
+        while not self._stop.is_set():
+            due = tick * interval
+            delay = due - (time.monotonic() - self.t0)
+            # The pacing sleep is the one fixed wait here: it *is* the request rate.
+            if delay > 0 and self._stop.wait(delay):
+                return
+            if self.now() > self.max_seconds or not self._reserve():
+                return
+            user = tick % len(self.users)
+            tick += 1
+            with self._lock:
+                crowded = self._in_flight >= self.max_in_flight
+                if not crowded:
+                    self._in_flight += 1
+            if crowded:
+                self._record(
+                    Sample(self.now(), 0.0, "create", NOT_SENT, user, error="in_flight_cap")
+                )
+                continue
+            op = self._create if self._rng.random() < self.create_share else self._get
+            self._pool.submit(self._run, op, user)
+
+    def _reserve(self, n: int = 1) -> bool:
+        with self._lock:
+            if self._sent + n > self.max_requests:
+                return False
+            self._sent += n
+            return True
+
+    def _run(self, op: Callable[[int], None], user: int) -> None:
+        try:
+            op(user)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _record(self, sample: Sample) -> None:
+        with self._lock:
+            self.samples.append(sample)
+
+    def send(
+        self, op: str, user: int, method: str, path: str, **kwargs: Any
+    ) -> tuple[Answer, Sample]:
+        """Send one request as ``user`` and record it."""
+        headers = {**self.users[user].auth, **kwargs.pop("headers", {})}
+        started = self.now()
+        answer = request(method, f"{self.base_url}{path}", headers=headers, **kwargs)
+        body = answer.body if isinstance(answer.body, dict) else {}
+        sample = Sample(
+            t=started,
+            latency_s=answer.latency_s,
+            op=op,
+            status=answer.status,
+            user=user,
+            retry_after=answer.retry_after,
+            problem=answer.headers.get("content-type", "").startswith("application/problem+json"),
+            order_status=body.get("status") if answer.status in (200, 201) else None,
+            order_id=str(body["id"]) if answer.status in (200, 201) and "id" in body else None,
+            error=answer.error,
+        )
+        self._record(sample)
+        return answer, sample
+
+    def create_order(
+        self,
+        user: int,
+        key: str,
+        *,
+        op: str = "create",
+        honour_retry_after: bool = True,
+        retries: int | None = None,
+    ) -> None:
+        """POST one order with ``key``, retrying like a client until a final answer."""
+        retries = self.client_retries if retries is None else retries
+        with self._lock:
+            self.keys.setdefault(key, OrderKey(user))
+        for attempt in range(1, retries + 2):
+            answer, sample = self.send(
+                op, user, "POST", "/api/v1/orders", body=ORDER, headers={"Idempotency-Key": key}
+            )
+            sample.key, sample.attempt = key, attempt
+            with self._lock:
+                record = self.keys[key]
+                record.attempts += 1
+                record.final_status = answer.status
+                if sample.order_id:
+                    record.order_ids.add(sample.order_id)
+                    if sample.order_id not in self._orders_by_user[user]:
+                        self._orders_by_user[user].append(sample.order_id)
+            if answer.status not in RETRYABLE or attempt > retries or self._stop.is_set():
+                return
+            if honour_retry_after:
+                wait = min(_seconds(answer.retry_after, default=0.5), self.retry_after_cap_s)
+                wait *= self._rng.uniform(0.5, 1.0)  # jitter: clients must not retry in step
+                if self._stop.wait(wait):
+                    return
+            if not self._reserve():
+                return
+
+    def _create(self, user: int) -> None:
+        self.create_order(user, f"chaos-{uuid.uuid4()}")
+
+    def _get(self, user: int) -> None:
+        with self._lock:
+            known = self._orders_by_user[user]
+            order_id = self._rng.choice(known) if known else None
+        if order_id is None:
+            self.send("list", user, "GET", "/api/v1/orders?page_size=5")
+        else:
+            self.send("get", user, "GET", f"/api/v1/orders/{order_id}")
+
+    # -- bursts ------------------------------------------------------------------------
+
+    def storm(self, *, clients: int, copies: int, retries: int) -> None:
+        """Many clients at once, each sending ``copies`` identical orders concurrently and
+        retrying immediately (no backoff, Retry-After ignored): a retry storm."""
+        if not self._reserve(clients * copies * (retries + 1)):
+            return
+        barrier = threading.Barrier(clients * copies)
+        jobs: list[tuple[int, str]] = []
+        for index in range(clients):
+            key = f"storm-{uuid.uuid4()}"
+            jobs.extend((index % len(self.users), key) for _ in range(copies))
+
+        def fire(job: tuple[int, str]) -> None:
+            user, key = job
+            # A broken barrier only means the copies leave less exactly together.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=10)
+            self.create_order(user, key, op="storm", honour_retry_after=False, retries=retries)
+
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="chaos-storm") as pool:
+            list(pool.map(fire, jobs))
+
+
+def _seconds(value: str | None, *, default: float) -> float:
+    try:
+        return max(0.0, float(value)) if value is not None else default
+    except ValueError:
+        return default
+
+
+def orders_by_key(samples: Iterable[Sample]) -> dict[str, set[str]]:
+    """Idempotency key -> every order id a 2xx answer for it named."""
+    result: dict[str, set[str]] = {}
+    for sample in samples:
+        if sample.key and sample.order_id:
+            result.setdefault(sample.key, set()).add(sample.order_id)
+    return result

@@ -1,0 +1,62 @@
+"""Create every resilience series at zero when a serving process starts.
+
+A labelled counter exists only after its first increment, and in prometheus_client's
+multiprocess mode a metric without a child is not exported at all. An alert such as
+``rate(resilience_bulkhead_rejected_total[5m]) > 0`` then has nothing to evaluate until
+the first rejection, and ``increase()`` misses that first one. Touching each label set
+once at start-up makes every series visible at 0 from the first scrape.
+
+Call :func:`preinitialise` only in processes that serve calls (gunicorn workers, Celery
+pool processes): it also builds the breakers, and a breaker's state gauge is only kept
+up to date by the process that uses it. A long-lived process that never calls a
+dependency would pin a stale value into the ``livemax`` aggregation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from resilience import metrics
+
+logger = logging.getLogger(__name__)
+
+# Every reason resilience.retry records when it stops retrying.
+GAVE_UP_REASONS = ("attempts", "retry_after_too_long", "deadline", "budget", "not_retryable")
+# Per-dependency templates (one breaker per webhook host) have no fixed label to create.
+TEMPLATES = frozenset({"webhook"})
+
+
+def preinitialise() -> None:
+    """Create the zero series of every configured dependency and build its breaker."""
+    from resilience.breakers import known_breakers
+    from resilience.policies import all_policies
+
+    for name, policy in all_policies().items():
+        if name in TEMPLATES:
+            continue
+        metrics.DEADLINE_EXCEEDED.labels(name)
+        if policy.breaker is not None:
+            metrics.BREAKER_NOT_PERMITTED.labels(name)
+            metrics.BREAKER_FAILURES.labels(name)
+        if policy.retry is not None:
+            metrics.RETRY_ATTEMPTS.labels(name)
+            metrics.RETRY_BUDGET_EXHAUSTED.labels(name)
+            for reason in GAVE_UP_REASONS:
+                metrics.RETRY_GAVE_UP.labels(name, reason)
+        if policy.bulkhead is not None:
+            metrics.BULKHEAD_IN_USE.labels(name).set(0)
+            metrics.BULKHEAD_REJECTED.labels(name)
+    _preinitialise_webhooks()
+    try:
+        known_breakers()  # each Breaker sets its state gauge when built
+    except Exception:  # metrics must never stop a process from serving
+        logger.warning("breaker state gauges not initialised", exc_info=True)
+
+
+def _preinitialise_webhooks() -> None:
+    # Publish failures happen only while the broker is down: the series must exist
+    # before that for the dashboard and for increase() (paths: webhooks/services.py).
+    from webhooks import metrics as webhook_metrics
+
+    for path in ("relay", "sweep", "paused"):
+        webhook_metrics.PUBLISH_FAILURES.labels(path)

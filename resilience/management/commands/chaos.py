@@ -1,0 +1,228 @@
+"""Chaos experiments from the command line: list, run, inject, heal, status.
+
+Why here and not a ``chaos`` Django app: ``chaos/`` is the test rig (a stdlib proxy,
+simulators, scenarios) with no models, admin or migrations; making it an installed app
+would ship the rig into production's INSTALLED_APPS for the sake of one command.
+``resilience`` already owns the operator commands (``breakers``, ``resilience``), and this
+one only imports ``chaos.scenarios`` when it runs.
+
+Examples (against ``make run``'s stack; see chaos/README.md)::
+
+    python manage.py chaos list
+    python manage.py chaos run redis-down --duration 30
+    python manage.py chaos run payments-503 --duration 20 --baseline
+    python manage.py chaos inject postgres-slow      # and leave it
+    python manage.py chaos status
+    python manage.py chaos heal
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+
+class Command(BaseCommand):
+    help = "Run fault-injection experiments against a running stack and report on them."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        # Where the stack is: accepted after any subcommand (make run's ports by default).
+        where = argparse.ArgumentParser(add_help=False)
+        where.add_argument("--base-url", default="http://127.0.0.1:8000", help="the API")
+        where.add_argument(
+            "--proxy-url",
+            default="http://127.0.0.1:8474",
+            help="Toxiproxy API (ours from make run, or a real Toxiproxy)",
+        )
+        where.add_argument("--payments-control-url", default="http://127.0.0.1:8102")
+        where.add_argument("--receiver-control-url", default="http://127.0.0.1:8202")
+        where.add_argument("--receiver-url", default="http://127.0.0.1:8201")
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("list", help="the scenarios")
+        run = sub.add_parser("run", parents=[where], help="run one experiment, write its report")
+        run.add_argument("scenario")
+        run.add_argument("--duration", type=float, help="fault seconds (default per scenario)")
+        run.add_argument("--rps", type=float, default=10.0, help="requests per second")
+        run.add_argument("--steady", type=float, help="seconds of traffic before the fault")
+        run.add_argument("--users", type=int, help="how many API users send the traffic")
+        run.add_argument("--out", type=Path, help="report directory")
+        run.add_argument(
+            "--baseline",
+            action="store_true",
+            help="also run it on a harness stack with RESILIENCE_ENABLED=false; implies "
+            "--stack local for both runs, so only the switch differs",
+        )
+        run.add_argument(
+            "--stack",
+            choices=["external", "local"],
+            default="external",
+            help="external: the stack at --base-url (make run); local: start one on free "
+            "ports (gunicorn, proxy, simulators, own redis-server, Celery worker)",
+        )
+        run.add_argument("--seed", type=int)
+        inject = sub.add_parser("inject", parents=[where], help="inject a scenario's fault")
+        inject.add_argument("scenario")
+        heal = sub.add_parser("heal", parents=[where], help="heal one scenario's fault, or all")
+        heal.add_argument("scenario", nargs="?")
+        sub.add_parser("status", parents=[where], help="proxies, simulators, readiness, breakers")
+
+    def handle(self, *args: Any, action: str, **options: Any) -> None:
+        from chaos.scenarios import ChaosError
+
+        try:
+            getattr(self, f"_{action}")(**options)
+        except ChaosError as exc:
+            raise CommandError(str(exc)) from exc
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _endpoints(self, options: dict[str, Any]):
+        from chaos.scenarios import Endpoints
+        from chaos.scenarios.client import require_loopback
+
+        return Endpoints(
+            base_url=require_loopback(options["base_url"]),
+            proxy_url=options["proxy_url"],
+            payments_control_url=options["payments_control_url"],
+            receiver_control_url=options["receiver_control_url"],
+            receiver_url=options["receiver_url"],
+            label=f"external stack at {options['base_url']} (make run)",
+        )
+
+    def _scenario(self, name: str):
+        from chaos.scenarios import SCENARIOS
+
+        try:
+            return SCENARIOS[name]
+        except KeyError:
+            raise CommandError(f"unknown scenario {name!r}; try: {', '.join(SCENARIOS)}") from None
+
+    # -- subcommands ---------------------------------------------------------------------
+
+    def _list(self, **options: Any) -> None:
+        from chaos.scenarios import SCENARIOS
+
+        for scenario in SCENARIOS.values():
+            needs = f" [needs: {', '.join(sorted(scenario.needs))}]" if scenario.needs else ""
+            self.stdout.write(f"{scenario.name:<22} {scenario.summary}{needs}")
+
+    def _inject(self, *, scenario: str, **options: Any) -> None:
+        chosen = self._scenario(scenario)
+        chosen.fault.inject(self._endpoints(options))
+        self.stdout.write(f"injected: {chosen.fault.description} (undo: manage.py chaos heal)")
+
+    def _heal(self, *, scenario: str | None, **options: Any) -> None:
+        from chaos.scenarios import heal_everything
+
+        endpoints = self._endpoints(options)
+        if scenario:
+            self._scenario(scenario).fault.heal(endpoints)
+            self.stdout.write(f"healed: {scenario}")
+            return
+        for line in heal_everything(endpoints):
+            self.stdout.write(line)
+
+    def _status(self, **options: Any) -> None:
+        from chaos.scenarios.client import request
+        from chaos.scenarios.observe import BREAKER_STATES, breaker_states, fetch_metrics
+        from chaos.toxiproxy_client import ToxiproxyError
+
+        endpoints = self._endpoints(options)
+        try:
+            for name, proxy in sorted(endpoints.proxy.proxies().items()):
+                toxics = ", ".join(t["name"] for t in proxy.get("toxics", [])) or "no toxics"
+                state = "enabled" if proxy["enabled"] else "DOWN"
+                self.stdout.write(
+                    f"proxy {name:<10} {proxy['listen']} -> {proxy['upstream']} {state}; {toxics}"
+                )
+        except ToxiproxyError as exc:
+            self.stdout.write(f"proxy: {exc}")
+        for service in ("payments", "receiver"):
+            answer = request("GET", f"{endpoints.simulator(service)}/control/faults", timeout=3)
+            active = (
+                {k: v for k, v in answer.body.items() if v not in (0, 0.0, False, None)}
+                if answer.status == 200
+                else f"unreachable ({answer.status or answer.error})"
+            )
+            self.stdout.write(f"{service:<9} faults: {active}")
+        ready = request("GET", f"{endpoints.base_url}/readyz", timeout=5)
+        body = ready.body if isinstance(ready.body, dict) else {}
+        self.stdout.write(f"/readyz {ready.status} degraded={body.get('degraded')}")
+        metrics = fetch_metrics(endpoints.base_url) or {}
+        for name, value in sorted(breaker_states(metrics).items()):
+            self.stdout.write(f"breaker {name:<22} {BREAKER_STATES.get(value, value)}")
+
+    def _run(self, *, scenario: str, **options: Any) -> None:
+        from chaos.scenarios import report, run_scenario
+
+        chosen = self._scenario(scenario)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = options["out"] or Path("chaos-reports") / f"{chosen.name}-{stamp}"
+        kwargs = {
+            "duration_s": options["duration"],
+            "rps": options["rps"],
+            "steady_s": options["steady"],
+            "users": options["users"],
+            "seed": options["seed"],
+            "log": self.stdout.write,
+        }
+        local = options["stack"] == "local" or options["baseline"]
+        if local:
+            ctx = self._run_local(chosen, resilience=True, **kwargs)
+        else:
+            endpoints = self._endpoints(options)
+            ctx = run_scenario(
+                chosen,
+                endpoints,
+                user_cache=settings.BASE_DIR / ".run" / "chaos-users.json",
+                **kwargs,
+            )
+        baseline = None
+        if options["baseline"]:
+            baseline = self._run_local(chosen, resilience=False, **kwargs)
+        command = "python manage.py chaos " + shlex.join(sys.argv[2:])
+        for path in report.write(out, ctx, baseline, command=command):
+            self.stdout.write(f"wrote {path}")
+        verdict = "PASS" if ctx.passed else "FAIL"
+        for check in ctx.checks:
+            mark = {True: "ok  ", False: "FAIL", None: "skip"}[check.passed]
+            self.stdout.write(f"  {mark} {check.name}: {check.detail}")
+        self.stdout.write(f"verdict: {verdict}")
+        if not ctx.passed:
+            raise CommandError(f"{chosen.name}: verdict FAIL (report in {out})")
+
+    def _run_local(self, chosen, *, resilience: bool, **kwargs: Any):
+        import os
+
+        from chaos.scenarios import run_scenario
+        from chaos.scenarios.stack import LocalStack
+
+        db = connections["default"].settings_dict
+        database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        base_env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
+        # The in-thread simulators and proxy log every request; keep the output readable.
+        for name in ("chaos.payments", "chaos.receiver", "chaos.proxy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        label = "resilient" if resilience else "baseline"
+        kwargs["log"](f"starting a {label} harness stack (RESILIENCE_ENABLED={resilience})")
+        with (
+            tempfile.TemporaryDirectory(prefix=f"chaos-{label}-") as workdir,
+            LocalStack(
+                database_url=database_url,
+                workdir=Path(workdir),
+                base_env=base_env,
+                resilience_enabled=resilience,
+                env=chosen.stack_env,
+            ) as endpoints,
+        ):
+            return run_scenario(chosen, endpoints, **kwargs)

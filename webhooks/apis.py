@@ -1,0 +1,99 @@
+"""Thin views over the webhook services and selectors."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from common.pagination import BoundedPageNumberPagination
+from resilience.ratelimit.business import business_ratelimit
+from webhooks import selectors, services
+from webhooks.serializers import (
+    DeliveryListInputSerializer,
+    DeliveryOutputSerializer,
+    EndpointCreatedOutputSerializer,
+    EndpointCreateInputSerializer,
+    EndpointOutputSerializer,
+)
+
+PAGE_PARAMETERS = [OpenApiParameter("page", int), OpenApiParameter("page_size", int)]
+
+
+class EndpointListCreateApi(APIView):
+    @extend_schema(
+        request=EndpointCreateInputSerializer,
+        responses={201: EndpointCreatedOutputSerializer},
+        operation_id="webhook_endpoints_create",
+        description="Register an endpoint. The signing secret is in this answer only.",
+    )
+    def post(self, request: Request) -> Response:
+        data = EndpointCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        endpoint = services.endpoint_create(owner=request.user, **data.validated_data)
+        return Response(
+            EndpointCreatedOutputSerializer(endpoint).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(
+        responses={200: EndpointOutputSerializer(many=True)},
+        parameters=PAGE_PARAMETERS,
+        operation_id="webhook_endpoints_list",
+    )
+    def get(self, request: Request) -> Response:
+        paginator = BoundedPageNumberPagination()
+        page = paginator.paginate_queryset(
+            selectors.endpoint_list(owner=request.user), request, view=self
+        )
+        return paginator.get_paginated_response(EndpointOutputSerializer(page, many=True).data)
+
+
+class EndpointDetailApi(APIView):
+    @extend_schema(responses={200: EndpointOutputSerializer})
+    def get(self, request: Request, endpoint_id: UUID) -> Response:
+        endpoint = selectors.endpoint_get(owner=request.user, endpoint_id=endpoint_id)
+        return Response(EndpointOutputSerializer(endpoint).data)
+
+    @extend_schema(responses={204: OpenApiResponse(description="Deleted")})
+    def delete(self, request: Request, endpoint_id: UUID) -> Response:
+        services.endpoint_delete(owner=request.user, endpoint_id=endpoint_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class EndpointPingApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: DeliveryOutputSerializer},
+        description=f"Queue a `webhook.ping` event; limited to {settings.WEBHOOKS_PING_RATE}"
+        " per user (fixed window, 429 with Retry-After).",
+    )
+    # A product rule ("N pings per user per hour"), so a fixed window that users can read
+    # off the answer: resilience.ratelimit.business, not a token bucket.
+    @business_ratelimit(group="webhook-ping", key="user", rate=settings.WEBHOOKS_PING_RATE)
+    def post(self, request: Request, endpoint_id: UUID) -> Response:
+        delivery = services.endpoint_ping(owner=request.user, endpoint_id=endpoint_id)
+        return Response(DeliveryOutputSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DeliveryListApi(APIView):
+    @extend_schema(
+        parameters=[DeliveryListInputSerializer, *PAGE_PARAMETERS],
+        responses={200: DeliveryOutputSerializer(many=True)},
+        operation_id="webhook_deliveries_list",
+    )
+    def get(self, request: Request) -> Response:
+        params = DeliveryListInputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        deliveries = selectors.delivery_list(
+            owner=request.user,
+            status=params.validated_data.get("status"),
+            endpoint_id=params.validated_data.get("endpoint"),
+        )
+        paginator = BoundedPageNumberPagination()
+        page = paginator.paginate_queryset(deliveries, request, view=self)
+        return paginator.get_paginated_response(DeliveryOutputSerializer(page, many=True).data)
