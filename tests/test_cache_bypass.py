@@ -56,11 +56,13 @@ def own_redis(tmp_path):
         processes.append(process)
         wait_for(lambda: pings(port), timeout=10, what="redis up")
 
-    start()
-    yield port, processes, start
-    for process in processes:
-        process.kill()
-        process.wait()
+    try:
+        start()
+        yield port, processes, start
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 def test_a_dead_redis_costs_nothing_once_the_breaker_opens():
