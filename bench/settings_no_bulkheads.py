@@ -5,6 +5,6 @@ delivery in the web process, in the thread that served the request, as a web app
 sends its webhooks itself does: no queue and no worker pool of their own. Bench only.
 """
 
-from config.settings.test import *
+from config.settings.test import *  # noqa: F403 - a settings layer extends the test one
 
 CELERY_TASK_ALWAYS_EAGER = True

@@ -166,4 +166,6 @@ def hardened_session_factory(*, allow_loopback: bool) -> Callable[[int], request
 def guarded_client(dependency: str, *, allowed: Sequence[str]) -> ResilientSession:
     """The resilient client of ``dependency`` (``webhook:<host>``) with the SSRF guard."""
     allow_loopback = Allowlist.parse(allowed).allows_loopback
-    return client(dependency, session_factory=hardened_session_factory(allow_loopback=allow_loopback))
+    return client(
+        dependency, session_factory=hardened_session_factory(allow_loopback=allow_loopback)
+    )

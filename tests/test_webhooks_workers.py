@@ -7,6 +7,7 @@ Schedules are compressed through the environment of the worker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -147,7 +148,7 @@ def test_attempt_times_follow_the_jittered_schedule(user, receiver, tmp_path):
     for delivery in Delivery.objects.filter(endpoint=endpoint):
         attempts = list(DeliveryAttempt.objects.filter(delivery=delivery).order_by("number"))
         assert attempts[-1].outcome == "succeeded"
-        for current, following in zip(attempts, attempts[1:], strict=False):
+        for current, following in itertools.pairwise(attempts):
             assert current.outcome == "retry"
             ceiling = min(cap, base * 2 ** (current.number - 1))
             delay = (current.next_attempt_at - current.finished_at).total_seconds()
@@ -160,7 +161,8 @@ def test_attempt_times_follow_the_jittered_schedule(user, receiver, tmp_path):
     assert min(lateness) >= 0
     assert max(lateness) < 1.5, lateness
     # Jitter spreads the delays over the whole range instead of a fixed backoff.
-    assert min(normalised) < 0.35 and max(normalised) > 0.65, normalised
+    assert min(normalised) < 0.35, normalised
+    assert max(normalised) > 0.65, normalised
     assert statistics.pstdev(normalised) > 0.1
 
 
@@ -273,7 +275,8 @@ def test_broker_down_orders_still_created_outbox_grows_then_everything_arrives(
     assert Order.objects.count() == 12
     assert OutboxEvent.objects.count() == 24
     stats = receiver.stats()
-    assert stats["unique"] == 24 and stats["rejected"] == 0
+    assert stats["unique"] == 24
+    assert stats["rejected"] == 0
     assert {e["id"] for e in receiver.events()} == {
         str(i) for i in OutboxEvent.objects.values_list("id", flat=True)
     }

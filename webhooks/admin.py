@@ -91,6 +91,4 @@ class DeliveryAdmin(admin.ModelAdmin):
         if replayed:
             self.message_user(request, f"{replayed} deliveries replayed.", messages.SUCCESS)
         if refused:
-            self.message_user(
-                request, "Not replayed: " + "; ".join(refused[:10]), messages.WARNING
-            )
+            self.message_user(request, "Not replayed: " + "; ".join(refused[:10]), messages.WARNING)

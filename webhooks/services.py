@@ -59,7 +59,7 @@ from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Endpoint,
 logger = logging.getLogger(__name__)
 
 PING_EVENT = "webhook.ping"
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 # Answers that mean "try again later" although they are 4xx. Every other 4xx (and any
 # 3xx: redirects are never followed) is dead-lettered at once: the receiver refused this
 # request as such, and the same bytes would be refused again (DESIGN: never retry 4xx).
@@ -165,7 +165,7 @@ def endpoint_ping(*, owner: Any, endpoint_id: Any) -> Delivery:
             owner=owner,
             endpoints=[endpoint],
         )
-        assert event is not None  # noqa: S101 - one explicit endpoint: always emitted
+        assert event is not None  # one explicit endpoint: always emitted
         return Delivery.objects.select_related("event").get(event=event, endpoint=endpoint)
 
 
@@ -523,9 +523,7 @@ def deliveries_replay_dead(*, endpoint_id: Any = None, limit: int = 10_000) -> i
         dead = Delivery.objects.filter(status=DeliveryStatus.DEAD, endpoint__is_active=True)
         if endpoint_id is not None:
             dead = dead.filter(endpoint_id=endpoint_id)
-        ids = list(
-            dead.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit]
-        )
+        ids = list(dead.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
         _reschedule_now(ids)
     return len(ids)
 

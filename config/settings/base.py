@@ -260,7 +260,7 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Queues and routes in one place: webhook delivery never shares workers with the rest.
 CELERY_TASK_QUEUES = (Queue("default"), Queue("webhooks"))
-# The bench's "bulkheads off" run sets WEBHOOKS_QUEUE=default to measure the harm (adr/0006).
+# One queue for everything (WEBHOOKS_QUEUE=default) gives up the bulkhead: adr/0006.
 WEBHOOKS_QUEUE = env("WEBHOOKS_QUEUE", default="webhooks")
 CELERY_TASK_ROUTES = {
     # The outbox sweep is bookkeeping, not delivery: it must run while webhooks is flooded.

@@ -42,6 +42,4 @@ def emit(user, event_type="order.created", payload=None, **kwargs):
     from webhooks.services import outbox_emit
 
     with transaction.atomic():
-        return outbox_emit(
-            event_type=event_type, payload=payload or {"n": 1}, owner=user, **kwargs
-        )
+        return outbox_emit(event_type=event_type, payload=payload or {"n": 1}, owner=user, **kwargs)

@@ -134,6 +134,7 @@ class Command(BaseCommand):
 
     def _status(self, **options: Any) -> None:
         from chaos.scenarios.client import request
+        from chaos.scenarios.faults import NO_FAULTS
         from chaos.scenarios.observe import BREAKER_STATES, breaker_states, fetch_metrics
         from chaos.toxiproxy_client import ToxiproxyError
 
@@ -150,7 +151,7 @@ class Command(BaseCommand):
         for service in ("payments", "receiver"):
             answer = request("GET", f"{endpoints.simulator(service)}/control/faults", timeout=3)
             active = (
-                {k: v for k, v in answer.body.items() if v not in (0, 0.0, False, None)}
+                {k: answer.body[k] for k, off in NO_FAULTS.items() if answer.body.get(k) != off}
                 if answer.status == 200
                 else f"unreachable ({answer.status or answer.error})"
             )

@@ -16,7 +16,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from resilience.ratelimit.config import get_config
-from resilience.ratelimit.loadgen import run_load
+from bench.loadgen import run_load
 
 
 class Command(BaseCommand):

@@ -1,9 +1,9 @@
 """Operate webhook delivery: show the backlog, list and replay dead letters.
 
-    manage.py webhooks status
-    manage.py webhooks dead [--limit 50]
-    manage.py webhooks replay --delivery ID
-    manage.py webhooks replay --dead [--endpoint ID]
+manage.py webhooks status
+manage.py webhooks dead [--limit 50]
+manage.py webhooks replay --delivery ID
+manage.py webhooks replay --dead [--endpoint ID]
 """
 
 from __future__ import annotations
