@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
 
-from accounts.authentication import token_expiry_cutoff
+from accounts.authentication import forget_token, token_expiry_cutoff
 from accounts.models import User, normalize_email
-from common.errors import ApplicationError, ConflictError
+from common.errors import ApplicationError, ConflictError, DependencyUnavailableError
 from resilience.db_routing import current_alias
 
 
@@ -63,8 +64,13 @@ def auth_login(*, email: str, password: str) -> Token:
     return token
 
 
-def auth_logout(*, token: Token) -> None:
-    """Revoke the token used for this request."""
+def auth_logout(*, token: Token | None) -> None:
+    """Revoke the token used for this request (and its outage copy in Redis)."""
+    if token is None:  # authenticated from the outage copy: Postgres is down
+        raise DependencyUnavailableError(
+            "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
+        )
+    forget_token(token.key)
     Token.objects.filter(pk=token.pk).delete()
 
 

@@ -299,11 +299,17 @@ API_UNAVAILABLE_RETRY_AFTER_S = env("API_UNAVAILABLE_RETRY_AFTER_S", default=2, 
 # Dependencies whose failure makes /readyz answer 503; the others only degrade service.
 HEALTH_CRITICAL_DEPENDENCIES = env("HEALTH_CRITICAL_DEPENDENCIES", default=["postgres"], cast=list)
 ACCOUNTS_TOKEN_TTL_S = env("ACCOUNTS_TOKEN_TTL_S", default=7 * 24 * 3600, cast=int)
+# How long a token stays recognised from Redis while Postgres is down (accounts.authentication).
+ACCOUNTS_TOKEN_CACHE_S = env("ACCOUNTS_TOKEN_CACHE_S", default=600, cast=int)
 ORDERS_CURRENCIES = ["EUR", "USD", "GBP", "CHF", "JPY", "SEK"]
 ORDERS_MAX_ITEMS = 100
 ORDERS_MAX_QUANTITY = 10_000
 ORDERS_MAX_UNIT_PRICE = 100_000_000  # minor units
 ORDERS_REPORT_MAX_DAYS = 366
+# The report is reused this long; any order read is served stale from Redis for this
+# long while Postgres is unavailable (resilience.stale).
+ORDERS_REPORT_FRESH_S = env("ORDERS_REPORT_FRESH_S", default=60, cast=int)
+ORDERS_STALE_READ_S = env("ORDERS_STALE_READ_S", default=3600, cast=int)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ExpiringTokenAuthentication"],

@@ -6,6 +6,7 @@ stack on db 0 never consumes the suite's tasks).
 """
 
 import os
+import uuid
 
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -14,7 +15,11 @@ from config.settings.base import *
 DEBUG = False
 # Fast hashing: the suite creates many users; production keeps the default hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-CACHES["default"]["KEY_PREFIX"] = f"test-{CACHE_KEY_PREFIX}"
+# One cache namespace per test run (shared with the run's subprocesses through the
+# environment), so nothing cached by an earlier run is ever read back.
+CACHES["default"]["KEY_PREFIX"] = "test-" + os.environ.setdefault(
+    "TEST_RUN_ID", uuid.uuid4().hex[:12]
+)
 # Tests do not run collectstatic; serve assets without the manifest.
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
 # Test receivers run on 127.0.0.1 (and [::1] stays refused: tests/test_webhooks_ssrf.py).

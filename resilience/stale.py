@@ -1,0 +1,77 @@
+"""Stale-on-error reads: serve the last good answer from the cache while Postgres is down.
+
+``read_through(key, compute, fresh_s=..., stale_s=...)`` returns a cached value younger
+than ``fresh_s`` without computing; otherwise computes it and stores it for ``stale_s``.
+When computing fails because a dependency is unavailable (breaker open, pool timeout,
+connection lost, bulkhead full, deadline spent), it returns the stored value if it is
+younger than ``stale_s``, marked stale with its age, instead of failing.
+
+The cache itself is best effort (``resilience.cache``): with Redis down too, a read
+simply computes, and a failure surfaces as the usual 503.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.core.cache import cache
+from django.db import InterfaceError, OperationalError
+
+from resilience import metrics
+from resilience.breakers import BreakerOpenError
+from resilience.bulkhead import BulkheadFullError
+from resilience.deadline import DeadlineExceededError
+
+T = TypeVar("T")
+
+DEPENDENCY_UNAVAILABLE = (
+    BreakerOpenError,
+    BulkheadFullError,
+    DeadlineExceededError,
+    OperationalError,
+    InterfaceError,
+)
+# Response headers of a degraded answer (documented in runbooks/graceful-degradation.md).
+DEGRADED_HEADER = "X-Degraded"
+
+
+@dataclass(frozen=True)
+class Read:
+    """A value, and whether it is a stale copy served because the source was down."""
+
+    value: Any
+    stale: bool = False
+    age_s: float = 0.0
+
+    def headers(self) -> dict[str, str]:
+        """``Age`` and ``X-Degraded: stale`` on a stale answer; nothing otherwise."""
+        if not self.stale:
+            return {}
+        return {DEGRADED_HEADER: "stale", "Age": str(int(self.age_s))}
+
+
+def read_through(
+    key: str,
+    compute: Callable[[], T],
+    *,
+    fresh_s: float,
+    stale_s: float,
+    dependency: str = "postgres",
+) -> Read:
+    """Compute (or reuse a fresh copy of) a value; fall back to a stale copy on outage."""
+    entry = cache.get(key)
+    now = time.time()
+    if entry is not None and fresh_s and now - entry["stored_at"] < fresh_s:
+        return Read(entry["value"])
+    try:
+        value = compute()
+    except DEPENDENCY_UNAVAILABLE:
+        if entry is not None and now - entry["stored_at"] < stale_s:
+            metrics.DEGRADED_RESPONSES.labels(dependency, "stale_cache").inc()
+            return Read(entry["value"], stale=True, age_s=now - entry["stored_at"])
+        raise
+    cache.set(key, {"value": value, "stored_at": now}, timeout=stale_s)
+    return Read(value)
