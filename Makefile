@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 export DJANGO_SETTINGS_MODULE ?= config.settings.local
 
-.PHONY: install run migrate lint format test bench clean
+.PHONY: install run migrate lint format test bench loadtest clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ test: lint $(PROMTOOL)
 
 bench: install
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) -m bench
+
+# Burst a running server (make run) and compare admitted requests with the bucket, e.g.
+# make loadtest ARGS="--url http://127.0.0.1:8000/api/v1/auth/me --duration 10 --policy flood"
+LOADTEST_DEFAULT := --url http://127.0.0.1:8000/api/v1/auth/me --concurrency 16 --duration 10 --policy flood
+loadtest: install
+	$(PY) manage.py loadtest $(or $(ARGS),$(LOADTEST_DEFAULT))
 
 clean:
 	rm -rf $(VENV) .run staticfiles .pytest_cache

@@ -15,8 +15,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from resilience.ratelimit.config import get_config
 from bench.loadgen import run_load
+from resilience.ratelimit.config import get_config
 
 
 class Command(BaseCommand):
