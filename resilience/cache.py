@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.redis import RedisCache
 
@@ -27,6 +28,8 @@ class ResilientRedisCache(RedisCache):
     def _guarded(
         self, fallback: Any, operation: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
+        if not settings.RESILIENCE_ENABLED:  # the chaos baseline: errors propagate
+            return operation(*args, **kwargs)
         try:
             return breaker("redis").call(operation, *args, **kwargs)
         except (redis.RedisError, BreakerOpenError) as exc:

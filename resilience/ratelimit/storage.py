@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pybreaker
 import redis
+from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -97,6 +98,9 @@ class RedisBucketStore:
         Raises :class:`StoreUnavailableError` for any Redis error or an open breaker, so
         the caller falls back instead of failing the request.
         """
+        if not settings.RESILIENCE_ENABLED:
+            # The chaos baseline: no breaker, no fallback; a Redis error fails the request.
+            return func(*args, **kwargs)
         started = time.perf_counter()
         try:
             result = breaker(BREAKER_NAME).call(func, *args, **kwargs)
