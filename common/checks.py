@@ -15,6 +15,28 @@ PROJECT_CELERY_SETTINGS = {"CELERY_BROKER_SOCKET_TIMEOUT_S"}
 
 
 @register()
+def check_broker_socket_timeout(app_configs, **kwargs) -> list[Error]:
+    """The broker's socket timeout must exceed kombu's BRPOP wait (1 s by default).
+
+    Otherwise every idle poll times out, the worker believes the connection is lost, and
+    kombu 5.7 can crash on the reconnect path (seen in a run).
+    """
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    socket_timeout = options.get("socket_timeout")
+    brpop_timeout = options.get("brpop_timeout", 1)
+    if socket_timeout is None or socket_timeout <= brpop_timeout:
+        return [
+            Error(
+                f"CELERY_BROKER_TRANSPORT_OPTIONS socket_timeout ({socket_timeout}) must be set "
+                f"and above brpop_timeout ({brpop_timeout} s).",
+                hint="Set CELERY_BROKER_SOCKET_TIMEOUT_S to 2 or more.",
+                id="common.E002",
+            )
+        ]
+    return []
+
+
+@register()
 def check_celery_setting_names(app_configs, **kwargs) -> list[Error]:
     known = {key.lower() for key in CELERY_DEFAULTS}
     errors = []

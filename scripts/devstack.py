@@ -1,9 +1,11 @@
 """Run the whole local stack in the foreground: every process of the Procfile.
 
 Why not honcho/foreman: we also need to wipe the Prometheus multiprocess directory
-before start, wait until the web process is ready before printing the URLs, and stop
-everything (process groups included) when any one process dies, so that `make run`
-never leaves half a stack running. That is about a hundred lines.
+before start, wait until the web process is ready before printing the URLs, restart a
+process that exits (as systemd or Kubernetes would; a Celery worker can exit when its
+broker dies mid-task) and stop the whole stack when one keeps exiting, and stop every
+process group on Ctrl-C, so that `make run` never leaves half a stack running. That is
+a couple of hundred lines.
 
 Chaos routing: the app processes reach Postgres, Redis and payments through the chaos
 proxy (``proxy:`` in the Procfile), so ``manage.py chaos`` can cut or slow them. This
@@ -26,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 READY_TIMEOUT_S = 60
 STOP_GRACE_S = 15
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93"]
 # Where the chaos proxy listens for each dependency: "2" + the usual port, easy to spot.
 PROXY_CONFIG = RUN_DIR / "chaos-proxy.json"
@@ -93,32 +98,35 @@ def route_through_proxy(env: dict[str, str]) -> None:
     PROXY_CONFIG.write_text(json.dumps(proxies, indent=2) + "\n")
 
 
-def start_children(processes: dict[str, str], env: dict[str, str]) -> dict[str, subprocess.Popen]:
-    """Start each process in its own process group, its output prefixed with its name."""
+def spawn(name: str, command: str, env: dict[str, str], color: str, width: int) -> subprocess.Popen:
+    """Start one process in its own process group, its output prefixed with its name."""
+    child = subprocess.Popen(  # noqa: S602 - the Procfile is ours; it needs the shell
+        command,
+        shell=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so we can stop all its children
+    )
+    threading.Thread(target=pump, args=(name, color, child.stdout, width), daemon=True).start()
+    return child
+
+
+def child_environments(processes: dict[str, str], env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each process's environment; forking processes get a metrics directory of their own."""
     metrics_dir = RUN_DIR / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files from dead pids would add up
-    width = max(len(n) for n in processes)
-    children = {}
-    for index, (name, command) in enumerate(processes.items()):
+    environments = {}
+    for name in processes:
         child_env = dict(env)
         # One multiprocess directory per process that forks (gunicorn, prefork workers):
         # two sharing one would sum each other's files and wipe them at start.
         if name == "web" or name.startswith("worker"):
             (metrics_dir / name).mkdir(parents=True)
             child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir / name)
-        child = subprocess.Popen(  # noqa: S602 - the Procfile is ours; it needs the shell
-            command,
-            shell=True,
-            cwd=ROOT,
-            env=child_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so we can stop all its children
-        )
-        children[name] = child
-        color = COLORS[index % len(COLORS)]
-        threading.Thread(target=pump, args=(name, color, child.stdout, width), daemon=True).start()
-    return children
+        environments[name] = child_env
+    return environments
 
 
 def announce(env: dict[str, str]) -> bool:
@@ -135,13 +143,29 @@ def announce(env: dict[str, str]) -> bool:
     return True
 
 
-def supervise(children: dict[str, subprocess.Popen], stopping: threading.Event) -> int:
-    """Block until asked to stop or until any process exits (then stop the rest)."""
+def supervise(
+    children: dict[str, subprocess.Popen],
+    restart: Callable[[str], subprocess.Popen],
+    stopping: threading.Event,
+) -> int:
+    """Restart a process that exits, like a production supervisor; give up if it flaps.
+
+    A Celery worker can exit when its broker dies mid-task (GOTCHAS.md); restarting it is
+    what systemd or Kubernetes would do. More than ``MAX_RESTARTS`` exits of one process
+    within ``RESTART_WINDOW_S`` stops the whole stack instead.
+    """
+    exits: dict[str, list[float]] = {name: [] for name in children}
     while not stopping.is_set():
-        for name, child in children.items():
-            if child.poll() is not None:
-                print(f"{name} exited with {child.returncode}; stopping the stack", flush=True)
+        for name, child in list(children.items()):
+            if child.poll() is None:
+                continue
+            now = time.monotonic()
+            exits[name] = [t for t in exits[name] if now - t < RESTART_WINDOW_S] + [now]
+            if len(exits[name]) > MAX_RESTARTS:
+                print(f"{name} keeps exiting ({child.returncode}); stopping the stack", flush=True)
                 return 1
+            print(f"{name} exited with {child.returncode}; restarting it", flush=True)
+            children[name] = restart(name)
         stopping.wait(0.5)
     return 0
 
@@ -179,11 +203,18 @@ def main() -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    children = start_children(processes, env)
+    environments = child_environments(processes, env)
+    width = max(len(n) for n in processes)
+    colors = {name: COLORS[i % len(COLORS)] for i, name in enumerate(processes)}
+
+    def start(name: str) -> subprocess.Popen:
+        return spawn(name, processes[name], environments[name], colors[name], width)
+
+    children = {name: start(name) for name in processes}
     try:
         if "web" in children and not announce(env):
             return 1
-        return supervise(children, stopping)
+        return supervise(children, start, stopping)
     finally:
         stop_all(children)
 

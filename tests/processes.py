@@ -2,45 +2,89 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
+
+from chaos.commands import GUNICORN_COMMAND, celery_worker_command, redis_server_command
+
+__all__ = ["GUNICORN_COMMAND", "celery_worker_command", "redis_server_command"]
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-# The web process exactly as the Procfile runs it (settings come from the environment).
-GUNICORN_COMMAND = [
-    sys.executable,
-    "-m",
-    "gunicorn",
-    "config.wsgi:application",
-    "-c",
-    "config/gunicorn.py",
-]
-
-
-def celery_worker_command(*, queue: str, name: str, concurrency: int = 1) -> list[str]:
-    """A prefork Celery worker on ``queue``, quiet on the broker (no gossip or mingle)."""
-    return [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue,
-        "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
-        "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
-    ]  # fmt: skip
-
-
 def worker_ready(log_path: Path) -> bool:
     """Whether a worker started with :func:`celery_worker_command` logged that it is ready."""
     return log_path.exists() and " ready." in log_path.read_text(errors="replace")
+
+
+class Answer(NamedTuple):
+    """One HTTP answer as a test sees it; ``status`` 0 means no connection."""
+
+    status: int
+    headers: dict[str, str]
+    text: str
+    elapsed_s: float
+
+    def json(self) -> Any:
+        return json.loads(self.text or "{}")
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10,
+) -> Answer:
+    """Call a loopback server of the test's own; never raises for HTTP or socket errors."""
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if token:
+        sent["Authorization"] = f"Token {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)  # noqa: S310
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+            status, got, text = response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, got, text = error.code, dict(error.headers), error.read().decode()
+    except OSError:
+        status, got, text = 0, {}, ""
+    return Answer(status, got, text, time.perf_counter() - started)
+
+
+def log_events(path: Path, event: str | None = None) -> list[dict]:
+    """The JSON log records a process wrote to ``path`` (only ``event`` ones if given).
+
+    A record may follow a prefix on its line; lines without one are skipped.
+    """
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            record = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        if event is None or record.get("event") == event:
+            events.append(record)
+    return events
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import redis
 
 from resilience.breakers import breaker
 from resilience.cache import ResilientRedisCache
-from tests.processes import free_port, wait_for
+from tests.processes import free_port, redis_server_command, wait_for
 
 
 def cache_at(port: int) -> ResilientRedisCache:
@@ -38,19 +38,7 @@ def own_redis(tmp_path):
 
     def start():
         process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
+            redis_server_command(port=port, workdir=tmp_path),
             stdout=subprocess.DEVNULL,
         )
         processes.append(process)

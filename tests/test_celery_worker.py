@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -10,28 +9,12 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from accounts.tasks import purge_expired_tokens
-from tests.processes import (
-    celery_worker_command,
-    child_environment,
-    running,
-    wait_for,
-)
+from tests.processes import celery_worker_command, child_environment, log_events, running, wait_for
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True, databases=["default", "background"]),
 ]
-
-
-def log_events(path):
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
 
 
 def test_worker_task_uses_the_background_pool_while_requests_use_default(
@@ -42,7 +25,7 @@ def test_worker_task_uses_the_background_pool_while_requests_use_default(
     Token.objects.filter(user=stale_user).update(created=timezone.now() - timedelta(days=30))
 
     log = tmp_path / "worker.log"
-    command = celery_worker_command(queue="default", name=f"test-{tmp_path.name}")
+    command = celery_worker_command(queues="default", name=f"test-{tmp_path.name}")
     with running(command, env=child_environment(), log_path=log):
         wait_for(
             lambda: "ready" in log.read_text(errors="replace"), timeout=30, what="worker ready"

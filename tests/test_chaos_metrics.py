@@ -10,32 +10,27 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import urllib.error
-import urllib.request
 
 import pytest
 from rest_framework.authtoken.models import Token
 
 from chaos.proxy import ProxyServer
 from chaos.toxiproxy_client import ToxiproxyClient
-from tests.processes import child_environment, free_port, running, wait_for
+from tests.processes import (
+    GUNICORN_COMMAND,
+    child_environment,
+    free_port,
+    http_request,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-GUNICORN = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
-
 
 def get(url: str, token: str | None = None) -> tuple[int, str]:
-    headers = {"Authorization": f"Token {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback URL
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError:
-        return 0, ""
+    answer = http_request("GET", url, token=token)
+    return answer.status, answer.text
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -86,7 +81,7 @@ def test_metrics_show_a_postgres_cut_and_its_recovery(toxiproxy, user, tmp_path)
     def state() -> float:
         return sample(scrape(), "resilience_breaker_state", dependency="postgres")
 
-    with running(GUNICORN, env=env, log_path=tmp_path / "web.log"):
+    with running(GUNICORN_COMMAND, env=env, log_path=tmp_path / "web.log"):
         wait_for(lambda: get(orders, token)[0] == 200, timeout=30, what="web ready")
 
         before = scrape()

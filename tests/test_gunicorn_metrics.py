@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import re
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.processes import GUNICORN_COMMAND, child_environment, free_port, running, wait_for
+from tests.processes import (
+    GUNICORN_COMMAND,
+    child_environment,
+    free_port,
+    http_request,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
-            return response.status, response.read().decode()
-    except OSError:
-        return 0, ""
+    answer = http_request("GET", url, timeout=5)
+    return answer.status, answer.text
 
 
 def test_metrics_aggregate_across_gunicorn_workers(tmp_path):

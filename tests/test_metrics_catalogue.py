@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -31,69 +27,23 @@ from chaos.proxy import ProxyServer
 from chaos.receiver import ReceiverService
 from chaos.toxiproxy_client import ToxiproxyClient
 from tests.metrics_catalogue import catalogue
-from tests.processes import child_environment, free_port, running, wait_for
+from tests.processes import (
+    GUNICORN_COMMAND,
+    celery_worker_command,
+    child_environment,
+    free_port,
+    http_request,
+    log_events,
+    running,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True, databases=["default", "background"]),
 ]
 
-GUNICORN = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
 ORDER = {"currency": "EUR", "items": [{"sku": "sku-1", "quantity": 1, "unit_price": 1000}]}
-
-
-def worker_command(queue: str, name: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "-Q",
-        queue,
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "2",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "INFO",
-        "-n",
-        f"{name}@%h",
-    ]
-
-
-def http(
-    method: str, url: str, *, body: dict | None = None, headers: dict | None = None
-) -> tuple[int, dict, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(  # noqa: S310 - loopback URL
-        url,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read().decode()
-    except OSError:
-        return 0, {}, ""
-
-
-def log_events(path: Path) -> list[dict]:
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
 
 
 def exported(text: str, name: str) -> bool:
@@ -175,19 +125,19 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
     suffix = uuid.uuid4().hex[:8]
     default_log, webhooks_log = tmp_path / "default.log", tmp_path / "webhooks.log"
     with (
-        running(GUNICORN, env=web_env, log_path=tmp_path / "web.log"),
+        running(GUNICORN_COMMAND, env=web_env, log_path=tmp_path / "web.log"),
         running(
-            worker_command("default", f"obs-default-{suffix}"),
+            celery_worker_command(queues="default", name=f"obs-default-{suffix}", concurrency=2),
             env=default_env,
             log_path=default_log,
         ),
         running(
-            worker_command("webhooks", f"obs-webhooks-{suffix}"),
+            celery_worker_command(queues="webhooks", name=f"obs-webhooks-{suffix}", concurrency=2),
             env=webhooks_env,
             log_path=webhooks_log,
         ),
     ):
-        wait_for(lambda: http("GET", f"{base}/healthz")[0] == 200, timeout=30, what="web")
+        wait_for(lambda: http_request("GET", f"{base}/healthz")[0] == 200, timeout=30, what="web")
         for log in (default_log, webhooks_log):
             wait_for(
                 lambda log=log: " ready." in log.read_text(errors="replace"),
@@ -198,7 +148,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         # 1. Payments up: paid, and the order.created event delivered by worker-webhooks.
         request_id = f"obs-{suffix}"
         key = str(uuid.uuid4())
-        status, _, body = http(
+        status, _, body, _ = http_request(
             "POST",
             f"{base}/api/v1/orders",
             body=ORDER,
@@ -207,7 +157,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         assert status == 201, body
         assert json.loads(body)["status"] == "paid"
         # 2. The same key again: replayed.
-        status, headers, _ = http(
+        status, headers, _, _ = http_request(
             "POST", f"{base}/api/v1/orders", body=ORDER, headers={**auth, "Idempotency-Key": key}
         )
         assert status == 201
@@ -217,7 +167,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         payments.set_faults(error_rate=1.0, error_status=503)
         deferred = []
         for _ in range(3):
-            status, _, body = http(
+            status, _, body, _ = http_request(
                 "POST",
                 f"{base}/api/v1/orders",
                 body=ORDER,
@@ -256,10 +206,10 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         )
         toxiproxy.set_enabled("ratelimit-redis", False)
         for _ in range(3):
-            assert http("GET", f"{base}/api/v1/orders", headers=auth)[0] == 200
+            assert http_request("GET", f"{base}/api/v1/orders", headers=auth)[0] == 200
 
         def tasks_done() -> bool:
-            text = http("GET", f"http://127.0.0.1:{default_port}/metrics")[2]
+            text = http_request("GET", f"http://127.0.0.1:{default_port}/metrics")[2]
             return (
                 "resilience.tasks.complete_stale_idempotency_records" in text
                 and "orders.tasks.authorize_deferred_payment" in text
@@ -269,9 +219,9 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         wait_for(tasks_done, timeout=30, interval=0.2, what="worker-default tasks counted")
         payments.set_faults(error_rate=0.0)
         scraped = {
-            "web": http("GET", f"{base}/metrics")[2],
-            "worker-default": http("GET", f"http://127.0.0.1:{default_port}/metrics")[2],
-            "worker-webhooks": http("GET", f"http://127.0.0.1:{webhooks_port}/metrics")[2],
+            "web": http_request("GET", f"{base}/metrics")[2],
+            "worker-default": http_request("GET", f"http://127.0.0.1:{default_port}/metrics")[2],
+            "worker-webhooks": http_request("GET", f"http://127.0.0.1:{webhooks_port}/metrics")[2],
         }
 
     missing = []

@@ -87,7 +87,7 @@ def test_payments_hard_down_orders_are_deferred_then_paid_exactly_once(
         PAYMENTS_BREAKER_RESET_S="1",
         ORDERS_DEFERRED_PAYMENT_BASE_S="0.2",
     )
-    command = celery_worker_command(queue="default", name=f"pay-{tmp_path.name}", concurrency=2)
+    command = celery_worker_command(queues="default", name=f"pay-{tmp_path.name}", concurrency=2)
     from orders.tasks import sweep_deferred_payments
 
     with running(command, env=env, log_path=log):

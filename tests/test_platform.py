@@ -152,3 +152,12 @@ def test_debug_is_off_unless_asked_for():
         DJANGO_SETTINGS_MODULE="config.settings.local",
     )
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_broker_socket_timeout_at_or_below_the_brpop_wait_is_an_error(settings):
+    assert not [e for e in run_checks() if e.id == "common.E002"]
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+        **settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        "socket_timeout": 1,
+    }
+    assert [e.id for e in run_checks() if e.id == "common.E002"] == ["common.E002"]

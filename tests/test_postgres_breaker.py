@@ -8,30 +8,27 @@ from __future__ import annotations
 
 import statistics
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from rest_framework.authtoken.models import Token
 
 from chaos.proxy import ProxyServer
 from chaos.toxiproxy_client import ToxiproxyClient
-from tests.processes import GUNICORN_COMMAND, child_environment, free_port, running, wait_for
+from tests.processes import (
+    GUNICORN_COMMAND,
+    child_environment,
+    free_port,
+    http_request,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def get(url: str, token: str) -> tuple[int, dict[str, str], float]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})  # noqa: S310
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
-            status, headers = response.status, dict(response.headers)
-    except urllib.error.HTTPError as error:
-        status, headers = error.code, dict(error.headers)
-    except OSError:
-        status, headers = 0, {}
-    return status, headers, time.perf_counter() - started
+    answer = http_request("GET", url, token=token)
+    return answer.status, answer.headers, answer.elapsed_s
 
 
 @pytest.fixture

@@ -11,17 +11,22 @@ import http.client
 import io
 import json
 import re
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from contextlib import ExitStack
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.processes import child_environment, free_port, running, wait_for
+from tests.processes import (
+    GUNICORN_COMMAND,
+    child_environment,
+    free_port,
+    http_request,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -33,11 +38,8 @@ TOLERANCE = 0.02
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
-            return response.status, response.read().decode()
-    except OSError:
-        return 0, ""
+    answer = http_request("GET", url, timeout=5)
+    return answer.status, answer.text
 
 
 def hammer(port: int, deadline: float, results: list, lock: threading.Lock) -> None:
@@ -61,14 +63,7 @@ def test_two_web_processes_share_one_limit_within_two_percent(tmp_path):
     ports = [free_port(), free_port()]
     overrides = {"flood": {"capacity": CAPACITY, "refill_rate": RATE}}
     prefix = f"fleet-{uuid.uuid4().hex}"  # both servers share these buckets, no one else
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "config.wsgi:application",
-        "-c",
-        "config/gunicorn.py",
-    ]
+    command = GUNICORN_COMMAND
     with ExitStack() as stack:
         for index, port in enumerate(ports):
             metrics_dir = tmp_path / f"prom{index}"
@@ -134,14 +129,7 @@ def test_the_loadtest_command_reports_admitted_against_the_bucket(tmp_path):
         RATELIMIT_KEY_PREFIX=f"loadtest-{uuid.uuid4().hex}",
         RATELIMIT_POLICY_OVERRIDES=json.dumps({"flood": {"capacity": 50, "refill_rate": 50}}),
     )
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "config.wsgi:application",
-        "-c",
-        "config/gunicorn.py",
-    ]
+    command = GUNICORN_COMMAND
     out = io.StringIO()
     with running(command, env=env, log_path=tmp_path / "web.log"):
         wait_for(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
+from chaos.commands import GUNICORN_COMMAND, celery_worker_command, redis_server_command
 from chaos.payments import PaymentsService
 from chaos.proxy import ProxyServer
 from chaos.receiver import ReceiverService
@@ -125,19 +126,7 @@ class OwnedRedis:
         if binary is None:
             raise ChaosError("redis-server not found on PATH (needed for a harness-owned Redis)")
         self.port = free_port()
-        command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ]
+        command = [binary, *redis_server_command(port=self.port, workdir=workdir)[1:]]
         self.process = Process("redis", command, dict(os.environ), workdir / "redis.log")
 
     def _pings(self) -> bool:
@@ -251,14 +240,7 @@ class LocalStack:
             (metrics_dir / name).mkdir(parents=True)
         web = Process(
             "web",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "config.wsgi:application",
-                "-c",
-                "config/gunicorn.py",
-            ],
+            GUNICORN_COMMAND,
             {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir / "web")},
             self.workdir / "web.log",
         )
@@ -267,30 +249,12 @@ class LocalStack:
         if self.worker:
             worker = Process(
                 "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-B",
-                    "-Q",
-                    "default,webhooks",
-                    "--pool",
-                    "prefork",
-                    "--concurrency",
-                    "2",
-                    "--schedule",
-                    str(self.workdir / "beat-schedule"),
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-n",
-                    f"chaos-{web_port}@%h",
-                    "--loglevel",
-                    "INFO",
-                ],
+                celery_worker_command(
+                    queues="default,webhooks",
+                    name=f"chaos-{web_port}",
+                    concurrency=2,
+                    beat_schedule=self.workdir / "beat-schedule",
+                ),
                 {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir / "worker")},
                 self.workdir / "worker.log",
             )

@@ -62,12 +62,10 @@ class RedisServer:
         # No persistence: a restarted server comes back empty, like a lost node.
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         client = redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2)
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while True:
