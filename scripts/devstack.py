@@ -19,6 +19,7 @@ Usage: python scripts/devstack.py [--procfile Procfile] [--only web,beat]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -165,6 +166,9 @@ def supervise(
                 print(f"{name} keeps exiting ({child.returncode}); stopping the stack", flush=True)
                 return 1
             print(f"{name} exited with {child.returncode}; restarting it", flush=True)
+            # Its own children (a prefork pool) may outlive it: end the whole group first.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
             children[name] = restart(name)
         stopping.wait(0.5)
     return 0
