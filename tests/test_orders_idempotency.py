@@ -12,10 +12,12 @@ from collections import Counter
 import pytest
 from rest_framework.authtoken.models import Token
 
+from config.celery import app
 from conftest import client_for
 from orders import services
 from orders.models import Order
 from tests.concurrency import client_with_token, run_threads
+from webhooks.models import OutboxEvent
 
 pytestmark = pytest.mark.usefixtures("no_rate_limits")
 
@@ -31,6 +33,12 @@ def post(client, key: str, body=ORDER):
 def test_fifty_concurrent_duplicates_make_one_order_and_one_charge(
     payments, user, wide_request_pool, capsys
 ):
+    from webhooks.services import endpoint_create
+
+    # A subscriber, so the order's events land in the outbox (fan-out happens at emit).
+    endpoint_create(
+        owner=user, url="http://127.0.0.1:9/hooks", event_types=["order.created", "order.paid"]
+    )
     token = Token.objects.create(user=user).key
     key = str(uuid.uuid4())
     payments.set_faults(latency_ms=300)  # keep the first request in flight
@@ -51,6 +59,9 @@ def test_fifty_concurrent_duplicates_make_one_order_and_one_charge(
     assert {order_id for status, _, order_id in results if status == 201} == {str(order.id)}
     assert payments.stats()["authorizations"] == 1
     assert payments.requests_by_key() == {f"order-{order.id}": 1}
+    events = sorted(OutboxEvent.objects.values_list("type", flat=True))
+    assert events == ["order.created", "order.paid"]  # one of each, never one per duplicate
+    app.control.purge()  # no worker here: drop the delivery messages this test published
 
 
 @pytest.mark.django_db
