@@ -115,6 +115,20 @@ def override_policy(settings, dependency: str, **parts) -> None:
 
 
 @pytest.fixture
+def toxiproxy():
+    """Our Toxiproxy-compatible fault proxy in a thread, and a client for its API."""
+    from chaos.proxy import ProxyServer
+    from chaos.toxiproxy_client import ToxiproxyClient
+
+    server = ProxyServer(port=0)
+    port = server.start_in_thread()
+    try:
+        yield ToxiproxyClient(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def api_client() -> APIClient:
     return APIClient()
 

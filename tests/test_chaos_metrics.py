@@ -14,8 +14,6 @@ import re
 import pytest
 from rest_framework.authtoken.models import Token
 
-from chaos.proxy import ProxyServer
-from chaos.toxiproxy_client import ToxiproxyClient
 from tests.processes import (
     GUNICORN_COMMAND,
     child_environment,
@@ -41,16 +39,6 @@ def sample(text: str, name: str, **labels: str) -> float:
         if all(found.get(key) == value for key, value in labels.items()):
             total += float(match[2])
     return total
-
-
-@pytest.fixture
-def toxiproxy():
-    server = ProxyServer(port=0)
-    port = server.start_in_thread()
-    try:
-        yield ToxiproxyClient(f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
 
 
 def test_metrics_show_a_postgres_cut_and_its_recovery(toxiproxy, user, tmp_path):

@@ -23,9 +23,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from chaos.proxy import ProxyServer
 from chaos.receiver import ReceiverService
-from chaos.toxiproxy_client import ToxiproxyClient
 from tests.metrics_catalogue import catalogue
 from tests.processes import (
     GUNICORN_COMMAND,
@@ -50,16 +48,6 @@ def exported(text: str, name: str) -> bool:
     """Whether the exposition has a sample of ``name`` (histograms: its buckets)."""
     pattern = rf"^{re.escape(name)}(?:_bucket|_count|_sum)?(?:\{{| )"
     return re.search(pattern, text, re.MULTILINE) is not None
-
-
-@pytest.fixture
-def toxiproxy():
-    server = ProxyServer(port=0)
-    port = server.start_in_thread()
-    try:
-        yield ToxiproxyClient(f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
 
 
 @pytest.fixture

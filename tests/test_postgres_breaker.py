@@ -12,8 +12,6 @@ import time
 import pytest
 from rest_framework.authtoken.models import Token
 
-from chaos.proxy import ProxyServer
-from chaos.toxiproxy_client import ToxiproxyClient
 from tests.processes import (
     GUNICORN_COMMAND,
     child_environment,
@@ -29,16 +27,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def get(url: str, token: str) -> tuple[int, dict[str, str], float]:
     answer = http_request("GET", url, token=token)
     return answer.status, answer.headers, answer.elapsed_s
-
-
-@pytest.fixture
-def toxiproxy():
-    server = ProxyServer(port=0)
-    port = server.start_in_thread()
-    try:
-        yield ToxiproxyClient(f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
 
 
 def test_postgres_cut_gives_fast_503_then_recovers(toxiproxy, user, tmp_path, capsys):
