@@ -8,6 +8,7 @@ manage.py webhooks replay --dead [--endpoint ID]
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -23,9 +24,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("action", choices=["status", "dead", "replay"])
         target = parser.add_mutually_exclusive_group()
-        target.add_argument("--delivery", help="replay this one delivery")
+        target.add_argument("--delivery", type=uuid.UUID, help="replay this one delivery")
         target.add_argument("--dead", action="store_true", help="replay every dead letter")
-        parser.add_argument("--endpoint", help="with --dead: only this endpoint's")
+        parser.add_argument("--endpoint", type=uuid.UUID, help="with --dead: only this endpoint's")
         parser.add_argument("--limit", type=int, default=50, help="rows listed by `dead`")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
