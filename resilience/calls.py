@@ -65,22 +65,18 @@ def call(
 
     def one_attempt() -> T:
         deadline.ensure_time_left(dependency)
+        timeouts = clipped(policy.timeouts)
         started = time.perf_counter()
+        outcome = "ok"
         try:
-            result = (
-                guard.call(attempt, clipped(policy.timeouts))
-                if guard
-                else attempt(clipped(policy.timeouts))
-            )
+            return guard.call(attempt, timeouts) if guard else attempt(timeouts)
         except BaseException as exc:
-            metrics.DEPENDENCY_CALL_SECONDS.labels(dependency, _outcome(exc)).observe(
+            outcome = _outcome(exc)
+            raise
+        finally:
+            metrics.DEPENDENCY_CALL_SECONDS.labels(dependency, outcome).observe(
                 time.perf_counter() - started
             )
-            raise
-        metrics.DEPENDENCY_CALL_SECONDS.labels(dependency, "ok").observe(
-            time.perf_counter() - started
-        )
-        return result
 
     slots = bulkhead(dependency)
     with slots.slot() if slots else nullcontext():
