@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +14,10 @@ import requests
 
 from chaos._httpserver import FaultConfig, free_port
 from chaos.payments import PaymentsService
+from chaos.tests.cli import serving_cli
 
 TIMEOUT = 10  # seconds; every HTTP call is bounded
 BODY = {"order_id": "ord_1", "amount": 1250, "currency": "EUR"}
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -342,37 +338,16 @@ def test_stop_leaves_no_server_threads() -> None:
 @pytest.mark.slow
 def test_cli_serves_and_shuts_down_on_sigterm() -> None:
     port, control_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "chaos.payments"),
-            *("--port", str(port), "--control-port", str(control_port), "--seed", "1"),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, "the CLI exited early"
-            try:
-                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the CLI never came up"
-                time.sleep(0.05)  # poll interval while waiting for the listener
+    with serving_cli(
+        "chaos.payments",
+        *("--port", str(port), "--control-port", str(control_port), "--seed", "1"),
+        health_url=f"http://127.0.0.1:{port}/healthz",
+    ) as run:
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
         assert health.status_code == 200
         control_health = requests.get(f"http://127.0.0.1:{control_port}/healthz", timeout=1)
         assert control_health.status_code == 200
 
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-    assert process.returncode == 0
-    assert "GET /healthz 200" in stderr
-    assert "shutting down" in stderr
+    assert run.returncode == 0
+    assert "GET /healthz 200" in run.stderr
+    assert "shutting down" in run.stderr

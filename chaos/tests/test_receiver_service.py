@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +16,11 @@ import requests
 
 from chaos._httpserver import free_port
 from chaos.receiver import ReceiverService, decode_secret, sign, verify_signature
+from chaos.tests.cli import serving_cli
 
 TIMEOUT = 10  # seconds; every HTTP call is bounded
 SECRET = "default-secret"
 EVENT = {"type": "order.paid", "data": {"order_id": "ord_1"}}
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -371,27 +367,12 @@ def test_reset_returns_to_the_start_up_state(receiver: ReceiverService) -> None:
 @pytest.mark.slow
 def test_cli_verifies_with_the_default_secret_and_stops_on_sigterm() -> None:
     port, control_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "chaos.receiver"),
-            *("--port", str(port), "--control-port", str(control_port)),
-            *("--secret", "whsec_c2VjcmV0"),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, "the CLI exited early"
-            try:
-                requests.get(f"http://127.0.0.1:{control_port}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the CLI never came up"
-                time.sleep(0.05)  # poll interval while waiting for the listener
+    with serving_cli(
+        "chaos.receiver",
+        *("--port", str(port), "--control-port", str(control_port)),
+        *("--secret", "whsec_c2VjcmV0"),
+        health_url=f"http://127.0.0.1:{control_port}/healthz",
+    ) as run:
         body = json.dumps(EVENT).encode()
         timestamp = int(time.time())
         delivery = requests.post(
@@ -406,12 +387,5 @@ def test_cli_verifies_with_the_default_secret_and_stops_on_sigterm() -> None:
         )
         assert delivery.status_code == 204
 
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-    assert process.returncode == 0
-    assert "POST /hooks/cli 204" in stderr
+    assert run.returncode == 0
+    assert "POST /hooks/cli 204" in run.stderr

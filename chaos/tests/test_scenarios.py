@@ -67,33 +67,25 @@ def _run(name: str, endpoints, capsys) -> None:
     assert ctx.passed, f"{name} failed:\n{report}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "redis-down",
-        "redis-kill",
-        "postgres-slow",
-        "postgres-down",
-        "payments-503",
-        "payments-slow",
-        "retry-storm",
-        "bulkhead-saturation",
-        "webhook-target-down",
-    ],
-)
+# Listed by hand, not read from the catalogue: a scenario added there without a CI run
+# fails test_every_scenario_is_tested.
+TESTED_SCENARIOS = [
+    "redis-down",
+    "redis-kill",
+    "postgres-slow",
+    "postgres-down",
+    "payments-503",
+    "payments-slow",
+    "retry-storm",
+    "bulkhead-saturation",
+    "webhook-target-down",
+]
+
+
+@pytest.mark.parametrize("name", TESTED_SCENARIOS)
 def test_scenario(name, stack, capsys):
     _run(name, stack, capsys)
 
 
 def test_every_scenario_is_tested():
-    assert set(SCENARIOS) == {
-        "redis-down",
-        "redis-kill",
-        "postgres-slow",
-        "postgres-down",
-        "payments-503",
-        "payments-slow",
-        "retry-storm",
-        "bulkhead-saturation",
-        "webhook-target-down",
-    }
+    assert set(SCENARIOS) == set(TESTED_SCENARIOS)
