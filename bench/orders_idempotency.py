@@ -17,25 +17,14 @@ def main() -> None:
     from bench.support import setup_django, timed, timing
 
     setup_django(RATELIMIT_ENABLED="false")
-    from django.conf import settings
     from django.test import override_settings
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
 
-    from accounts.models import User
+    from bench.support import client_for_new_user, payments_at
     from chaos.payments import PaymentsService
 
     with PaymentsService() as payments:
-        policy = {**settings.RESILIENCE["dependencies"]["payments"], "base_url": payments.api_url}
-        resilience = {
-            **settings.RESILIENCE,
-            "dependencies": {**settings.RESILIENCE["dependencies"], "payments": policy},
-        }
-        user = User.objects.create_user(
-            email=f"bench-{uuid.uuid4().hex}@example.com", password="x" * 12
-        )
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        resilience = payments_at(payments.api_url)
+        client = client_for_new_user()
 
         def without_key():
             assert client.post("/api/v1/orders", ORDER, format="json").status_code == 201

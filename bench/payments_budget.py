@@ -11,34 +11,16 @@ ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 1, "unit_price"
 
 
 def amplification(payments, *, budget: bool) -> float:
-    from django.conf import settings
     from django.test import override_settings
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
 
-    from accounts.models import User
+    from bench.support import client_for_new_user, payments_at
 
-    base = settings.RESILIENCE["dependencies"]["payments"]
-    policy = {
-        **base,
-        "base_url": payments.api_url,
-        "breaker": {**base["breaker"], "fail_max": 1_000_000},  # isolate the budget
-        "retry": {
-            **base["retry"],
-            "base_s": 0.001,
-            "cap_s": 0.002,
-            "budget_min_retries": 3 if budget else 1_000_000,
-        },
-    }
-    resilience = {
-        **settings.RESILIENCE,
-        "dependencies": {**settings.RESILIENCE["dependencies"], "payments": policy},
-    }
-    user = User.objects.create_user(
-        email=f"bench-{budget}-{User.objects.count()}@example.com", password="x" * 12
+    resilience = payments_at(
+        payments.api_url,
+        breaker={"fail_max": 1_000_000},  # isolate the budget
+        retry={"base_s": 0.001, "cap_s": 0.002, "budget_min_retries": 3 if budget else 1_000_000},
     )
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client = client_for_new_user()
     payments.reset()
     payments.set_faults(error_rate=1.0, error_status=503, retry_after=0)
     with override_settings(RESILIENCE=resilience):

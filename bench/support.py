@@ -59,3 +59,37 @@ def timed(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
+
+
+def payments_at(url: str, **parts: dict) -> dict:
+    """``settings.RESILIENCE`` with the payments policy aimed at ``url``.
+
+    ``parts`` (``retry=``, ``breaker=``...) are merged into the policy's own parts.
+    """
+    from django.conf import settings
+
+    base = settings.RESILIENCE["dependencies"]["payments"]
+    policy = {**base, "base_url": url}
+    for part, values in parts.items():
+        policy[part] = {**base.get(part, {}), **values}
+    return {
+        **settings.RESILIENCE,
+        "dependencies": {**settings.RESILIENCE["dependencies"], "payments": policy},
+    }
+
+
+def client_for_new_user():
+    """An API client authenticated as a user created for this run."""
+    import uuid
+
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from accounts.models import User
+
+    user = User.objects.create_user(
+        email=f"bench-{uuid.uuid4().hex}@example.com", password="x" * 12
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from common.errors import PROBLEM_CONTENT_TYPE, problem_body
+from common.errors import PROBLEM_CONTENT_TYPE, ApplicationError, problem_body
 from common.request_context import current_request_id
 
 
@@ -35,3 +35,24 @@ def problem_response(
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+def application_error_response(
+    request: HttpRequest | None,
+    error: ApplicationError,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    """Render a domain error outside DRF (middleware, Django handlers, plain views).
+
+    ``headers`` are added to the error's own (for instance RateLimit fields).
+    """
+    return problem_response(
+        request,
+        status=error.status,
+        code=error.code,
+        title=error.title,
+        detail=error.detail,
+        headers={**error.headers, **(headers or {})},
+        extra=error.extra,
+    )

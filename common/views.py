@@ -12,7 +12,7 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from common.errors import DependencyUnavailableError
-from common.responses import problem_response
+from common.responses import application_error_response, problem_response
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -110,13 +110,5 @@ def server_error(request: HttpRequest) -> HttpResponse:
     exc = sys.exc_info()[1]
     translated = translate_exception(exc) if isinstance(exc, Exception) else exc
     if isinstance(translated, DependencyUnavailableError):
-        return problem_response(
-            request,
-            status=translated.status,
-            code=translated.code,
-            title=translated.title,
-            detail=translated.detail,
-            headers=translated.headers,
-            extra=translated.extra,
-        )
+        return application_error_response(request, translated)
     return problem_response(request, status=500, code="server_error")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from common.responses import problem_response
+from common.responses import application_error_response
 from resilience.ratelimit.config import get_config
 from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
 from resilience.ratelimit.limiter import Decision, check_request, response_headers
@@ -50,12 +50,4 @@ class RateLimitMiddleware:
             )
         else:
             error = RateLimitedError(policies=decision.violated, retry_after=decision.retry_after)
-        return problem_response(
-            request,
-            status=error.status,
-            code=error.code,
-            title=error.title,
-            detail=error.detail,
-            headers={**error.headers, **response_headers(request)},
-            extra=error.extra,
-        )
+        return application_error_response(request, error, headers=response_headers(request))
