@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from orders.apis import OrderListCreateApi
 from resilience.ratelimit.business import business_ratelimit
 from resilience.ratelimit.throttles import TokenBucketThrottle
 
@@ -55,6 +56,16 @@ class MeTokenBucketApi(MeApi):
     throttle_classes = [OverheadThrottle]
 
 
+class OrderListApi(OrderListCreateApi):
+    """The real order list (token auth, count and page queries, serialiser), unlimited."""
+
+    throttle_classes: list = []
+
+
+class OrderListTokenBucketApi(OrderListCreateApi):
+    throttle_classes = [OverheadThrottle]
+
+
 class DjangoRatelimitApi(PlainApi):
     """django-ratelimit's own decorator (fixed window in the Django cache), never refusing."""
 
@@ -78,6 +89,8 @@ urlpatterns = [
     path("bench/business-rule", BusinessRuleApi.as_view()),
     path("bench/me", MeApi.as_view()),
     path("bench/me-token-bucket", MeTokenBucketApi.as_view()),
+    path("bench/orders", OrderListApi.as_view()),
+    path("bench/orders-token-bucket", OrderListTokenBucketApi.as_view()),
     path("api/bench/accuracy", AccuracyApi.as_view()),
     # Behind nginx, /api/ is limit_req'd: this is the gateway-limited endpoint.
     path("api/bench/plain", PlainApi.as_view()),

@@ -518,8 +518,9 @@ RESILIENCE_RATELIMIT = {
     "key_prefix": env("RATELIMIT_KEY_PREFIX", default="rl"),
     "redis": {
         "url": RATELIMIT_REDIS_URL,
-        # Its own small pool (not the cache's): a burst waits at most pool_timeout_s for
-        # a connection, then falls back; no client retry (redis-py 8 would retry 10x).
+        # Never the cache's client. Decisions run on one connection per serving thread
+        # (bounded by WEB_WORKERS x WEB_THREADS); this small pool serves operator calls
+        # (ratelimit show/reset). No client retry (redis-py 8 would retry 10x).
         "max_connections": env("RATELIMIT_REDIS_MAX_CONNECTIONS", default=16, cast=int),
         "pool_timeout_s": env("RATELIMIT_REDIS_POOL_TIMEOUT_S", default=0.01, cast=float),
         "socket_timeout_s": env("RATELIMIT_REDIS_SOCKET_TIMEOUT_S", default=0.05, cast=float),

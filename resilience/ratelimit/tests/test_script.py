@@ -9,10 +9,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from resilience.ratelimit.config import get_config
 from resilience.ratelimit.limiter import Limiter
-from resilience.ratelimit.storage import Bucket, LocalBucketStore, RedisBucketStore
+from resilience.ratelimit.storage import (
+    Bucket,
+    LocalBucketStore,
+    RedisBucketStore,
+    StoreUnavailableError,
+)
 from resilience.ratelimit.testing import FakeClock, ratelimit_settings
 
 MONITOR_TIMEOUT_S = 10
@@ -129,6 +135,44 @@ def test_concurrent_decisions_never_overspend_a_bucket(redis_store):
     assert sum(results) == 37
     _, states = redis_store.consume([bucket(a, 37, 0.001, cost=0), bucket(b, 50, 0.001, cost=0)])
     assert [s.remaining for s in states] == [0, 13]
+
+
+def test_a_flushed_script_cache_is_refilled_within_the_same_decision(redis_store, own_redis):
+    """After SCRIPT FLUSH (or a restarted Redis) the next decision loads the script once."""
+    key = f"t:{uuid.uuid4().hex}"
+    assert redis_store.consume([bucket(key, 5, 1.0)])[0]
+    inspector = own_redis.client()
+    inspector.script_flush()
+    inspector.config_resetstat()
+
+    allowed, [state] = redis_store.consume([bucket(key, 5, 1.0)])
+
+    assert allowed
+    assert state.remaining == 3
+    assert command_stats(inspector).get("script|load") == 1
+
+
+def test_a_connection_that_timed_out_is_never_reused(own_redis, fake_clock):
+    """A reply still in flight after a timeout must not answer the next decision."""
+    client = redis.Redis(port=own_redis.port, socket_timeout=0.1, socket_connect_timeout=0.1)
+    store = RedisBucketStore(client, clock=fake_clock)
+    small, large = (
+        bucket(f"t:{uuid.uuid4().hex}", 5, 1.0),
+        bucket(f"t:{uuid.uuid4().hex}", 100, 1.0),
+    )
+    assert store.consume([small])[0]  # connected and script loaded
+    own_redis.pause()
+    try:
+        with pytest.raises(StoreUnavailableError):
+            store.consume([small])
+    finally:
+        own_redis.resume()
+
+    allowed, [state] = store.consume([large])
+
+    # Reusing the connection would read the paused call's reply about `small` (3 left).
+    assert allowed
+    assert state.remaining == 99
 
 
 def test_nothing_is_consumed_unless_every_enforced_bucket_allows(redis_store):
