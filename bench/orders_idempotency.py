@@ -16,10 +16,10 @@ ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 2, "unit_price"
 def main() -> None:
     from bench.support import setup_django, timed, timing
 
-    setup_django(RATELIMIT_ENABLED="false")
+    setup_django()
     from django.test import override_settings
 
-    from bench.support import client_for_new_user, payments_at
+    from bench.support import client_for_new_user, payments_at, without_rate_limits
     from chaos.payments import PaymentsService
 
     with PaymentsService() as payments:
@@ -35,7 +35,7 @@ def main() -> None:
             assert response.status_code == 201
 
         plain, keyed = [], []
-        with override_settings(RESILIENCE=resilience):
+        with override_settings(RESILIENCE=resilience), without_rate_limits():
             for _ in range(WARMUP):
                 without_key()
                 with_key()

@@ -13,7 +13,7 @@ ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 1, "unit_price"
 def amplification(payments, *, budget: bool) -> float:
     from django.test import override_settings
 
-    from bench.support import client_for_new_user, payments_at
+    from bench.support import client_for_new_user, payments_at, without_rate_limits
 
     resilience = payments_at(
         payments.api_url,
@@ -23,7 +23,7 @@ def amplification(payments, *, budget: bool) -> float:
     client = client_for_new_user()
     payments.reset()
     payments.set_faults(error_rate=1.0, error_status=503, retry_after=0)
-    with override_settings(RESILIENCE=resilience):
+    with override_settings(RESILIENCE=resilience), without_rate_limits():
         for _ in range(ORDERS):
             response = client.post("/api/v1/orders", ORDER, format="json")
             if response.status_code != 201 or response.json()["status"] != "pending_payment":
@@ -36,7 +36,7 @@ def amplification(payments, *, budget: bool) -> float:
 def main() -> None:
     from bench.support import setup_django
 
-    setup_django(RATELIMIT_ENABLED="false")
+    setup_django()
     from chaos.payments import PaymentsService
 
     with PaymentsService() as payments:

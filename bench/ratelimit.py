@@ -101,6 +101,7 @@ def gunicorn(port: int, workdir: Path):
             "DJANGO_SETTINGS_MODULE": "bench.ratelimit_settings",
             "DATABASE_URL": os.environ.get("DATABASE_URL", BENCH_DATABASE_URL),
             "REDIS_URL": os.environ.get("REDIS_URL", BENCH_REDIS_URL),
+            "RATELIMIT_ENABLED": "true",  # whatever the caller's environment says
             "RATELIMIT_KEY_PREFIX": f"bench-{uuid.uuid4().hex}",
             "RATELIMIT_CACHE_PREFIX": f"bench-fw-{uuid.uuid4().hex}",
             "WEB_PORT": str(port),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
@@ -12,18 +13,24 @@ BENCH_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/resilient_bench"
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
-def setup_django(**environ: str) -> None:
-    """Configure Django on the bench database (created and migrated if needed)."""
+def setup_django() -> None:
+    """Configure Django on the bench database (created and migrated if needed).
+
+    Benchmarks share one process (``python -m bench``) and pass ``os.environ`` on to the
+    servers they start, so a benchmark changes settings with :func:`without_rate_limits`
+    or ``override_settings``, never through the environment.
+    """
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
     os.environ.setdefault("DATABASE_URL", BENCH_DATABASE_URL)
     os.environ.setdefault("REDIS_URL", BENCH_REDIS_URL)
     # In-process benchmarks use Django's test client, whose host is "testserver".
     os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
-    os.environ.update(environ)
     import django
     from django.core.management import call_command
 
     django.setup()
+    # A benchmark prints figures; the app's per-request log lines would bury them.
+    logging.disable(logging.WARNING)
     call_command("ensure_database", verbosity=0)
     call_command("migrate", verbosity=0)
 
@@ -76,6 +83,16 @@ def payments_at(url: str, **parts: dict) -> dict:
         **settings.RESILIENCE,
         "dependencies": {**settings.RESILIENCE["dependencies"], "payments": policy},
     }
+
+
+def without_rate_limits():
+    """Settings override for benchmarks that send more orders than a client may."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    return override_settings(
+        RESILIENCE_RATELIMIT={**settings.RESILIENCE_RATELIMIT, "enabled": False}
+    )
 
 
 def client_for_new_user():
