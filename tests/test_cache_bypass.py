@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
-
-import pytest
-import redis
 
 from resilience.breakers import breaker
 from resilience.cache import ResilientRedisCache
-from tests.processes import free_port, redis_server_command, wait_for
+from tests.processes import free_port, wait_for
 
 
 def cache_at(port: int) -> ResilientRedisCache:
@@ -21,36 +17,6 @@ def cache_at(port: int) -> ResilientRedisCache:
             "KEY_PREFIX": "bypass",
         },
     )
-
-
-def pings(port: int) -> bool:
-    try:
-        return redis.Redis(port=port, socket_connect_timeout=0.2).ping()
-    except redis.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server this test owns, so it may kill it (never the shared one)."""
-    port = free_port()
-    processes = []
-
-    def start():
-        process = subprocess.Popen(
-            redis_server_command(port=port, workdir=tmp_path),
-            stdout=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        wait_for(lambda: pings(port), timeout=10, what="redis up")
-
-    try:
-        start()
-        yield port, processes, start
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
 
 
 def test_a_dead_redis_costs_nothing_once_the_breaker_opens():
@@ -65,18 +31,16 @@ def test_a_dead_redis_costs_nothing_once_the_breaker_opens():
 
 
 def test_redis_killed_and_restarted(own_redis, settings):
-    port, processes, start = own_redis
-    cache = cache_at(port)
+    cache = cache_at(own_redis.port)
     cache.set("greeting", "hello")
     assert cache.get("greeting") == "hello"
 
-    processes[-1].kill()
-    processes[-1].wait()
+    own_redis.kill()
     for _ in range(10):
         assert cache.get("greeting") is None  # a miss, never an exception
     assert breaker("redis").current_state == "open"
 
-    start()
+    own_redis.start()
     breaker("redis")._state_storage.opened_at = breaker("redis")._state_storage.opened_at.replace(
         year=2000
     )

@@ -56,12 +56,12 @@ class RedisServer:
         """Start (or restart on the same port) and wait until it answers PING."""
         import redis
 
-        binary = shutil.which("redis-server")
-        if binary is None:
+        from chaos.commands import redis_server_command
+
+        if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")
         # No persistence: a restarted server comes back empty, like a lost node.
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        command = redis_server_command(port=self.port, workdir=self.workdir)
         with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
