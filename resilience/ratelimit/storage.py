@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -145,11 +146,13 @@ class RedisBucketStore:
 
     def _run_script(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
         """``EVALSHA`` on this thread's connection, loading the script on ``NOSCRIPT``."""
-        connection = getattr(self._thread, "connection", None)
-        if connection is None:
+        owned = getattr(self._thread, "connection", None)
+        if owned is None or owned[0] != os.getpid():
+            # A forked child inherits the forking thread's socket: it gets its own.
             pool = self.client.connection_pool
-            connection = pool.connection_class(**pool.connection_kwargs)
-            self._thread.connection = connection
+            owned = (os.getpid(), pool.connection_class(**pool.connection_kwargs))
+            self._thread.connection = owned
+        connection = owned[1]
         try:
             try:
                 connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 import threading
@@ -173,6 +175,40 @@ def test_a_connection_that_timed_out_is_never_reused(own_redis, fake_clock):
     # Reusing the connection would read the paused call's reply about `small` (3 left).
     assert allowed
     assert state.remaining == 99
+
+
+def test_a_forked_child_never_shares_the_parents_connection(redis_store):
+    """After a fork each side talks over its own socket and gets its own replies."""
+
+    def socket_in_use() -> int:
+        return redis_store._thread.connection[1]._sock.fileno()
+
+    small, large = (
+        bucket(f"t:{uuid.uuid4().hex}", 5, 1.0),
+        bucket(f"t:{uuid.uuid4().hex}", 100, 1.0),
+    )
+    assert redis_store.consume([small])[0]  # the parent's thread now holds a connection
+    parent_socket = socket_in_use()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which must never return
+        code = 1
+        try:
+            remaining = [redis_store.consume([large])[1][0].remaining for _ in range(20)]
+            os.write(write_end, json.dumps([socket_in_use(), remaining]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    parent_remaining = [redis_store.consume([small])[1][0].remaining for _ in range(3)]
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(read_end) as pipe:
+        child_socket, child_remaining = json.loads(pipe.read())
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_socket != parent_socket
+    assert child_remaining == list(range(99, 79, -1))
+    assert parent_remaining == [3, 2, 1]
 
 
 def test_nothing_is_consumed_unless_every_enforced_bucket_allows(redis_store):
