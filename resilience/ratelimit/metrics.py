@@ -21,7 +21,8 @@ REDIS_CALL_SECONDS = Histogram(
     "resilience_ratelimit_redis_call_seconds",
     "Duration of one limiter call to Redis (one EVALSHA per decision), by outcome.",
     ["outcome"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    # Up to 1 s: beyond the 50 ms socket timeout, slow (a busy host) and hung differ.
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 REDIS_ERRORS = Counter(
     "resilience_ratelimit_redis_errors_total",

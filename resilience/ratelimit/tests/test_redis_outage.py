@@ -143,6 +143,7 @@ def test_a_hung_redis_costs_tens_of_milliseconds_then_nothing(settings, own_redi
     """SIGSTOP: connections are accepted but never answered; timeouts bound the wait."""
     use_own_redis(settings, own_redis, capacity=1_000_000, instances=1)
     calls_before, fast_before = redis_calls(), redis_calls(le="0.25")
+    slow_before = redis_calls(le="1.0")
     with use_limiter(Limiter(clock=fake_clock)), Traffic() as traffic:
         wait_for(lambda: traffic.count("redis") >= 50, timeout=20, what="redis-mode traffic")
         own_redis.pause()
@@ -158,10 +159,12 @@ def test_a_hung_redis_costs_tens_of_milliseconds_then_nothing(settings, own_redi
 
     samples = traffic.samples
     assert {s.status for s in samples} == {401}
-    # Every call to the hung server gave up on its 50 ms socket timeout: all of them are in
-    # the 0.25 s histogram bucket (headroom for a busy CI host), none near redis-py's own
-    # defaults (5 s timeouts, 10 retries).
-    assert redis_calls(le="0.25") - fast_before == redis_calls() - calls_before
+    # Every call to the hung server gave up on its 50 ms socket timeout, none near redis-py's
+    # own defaults (5 s timeouts, 10 retries): all within 1 s, and all but a stray one
+    # (a garbage collection or a busy CI host can stop any thread) within 0.25 s.
+    calls = redis_calls() - calls_before
+    assert redis_calls(le="1.0") - slow_before == calls
+    assert calls - (redis_calls(le="0.25") - fast_before) <= max(1, calls // 100)
     assert max(s.seconds for s in samples) < 1.0
     # Once the breaker is open, fallback requests cost what Redis-mode ones did.
     normal = median([s.seconds for s in samples[:paused_at] if s.mode == "redis"])
