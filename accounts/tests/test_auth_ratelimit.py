@@ -10,6 +10,7 @@ from tests.problems import assert_problem
 pytestmark = pytest.mark.django_db
 
 LOGIN = "/api/v1/auth/login"
+ADMIN_LOGIN = "/admin/login/"
 SIGNUP = "/api/v1/auth/signup"
 GOOD_PASSWORD = "a-Long-enough-passphrase-1"
 
@@ -110,3 +111,41 @@ def test_signup_is_limited_per_client_ip(api_client, settings, limiter_with_cloc
     assert body["violated-policies"] == ["signup"]
     assert int(response["Retry-After"]) == 3600  # one token an hour
     assert signup(4, "198.51.100.2").status_code == 201
+
+
+def admin_login(client, email, password=None, ip="198.51.100.1"):
+    form = {"username": email, "password": "wrong-password" if password is None else password}
+    return client.post(ADMIN_LOGIN, form, HTTP_X_FORWARDED_FOR=ip)
+
+
+def test_the_admin_login_spends_from_the_api_logins_buckets(
+    client, api_client, make_user, login_limits, fake_clock
+):
+    """A second login form is not a second set of guesses: one bucket per username."""
+    staff, password = make_user(email="admin@example.com")
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    assert login(api_client, staff.email).status_code == 401
+    for i in range(2):  # wrong passwords: the form comes back with an error
+        assert admin_login(client, staff.email, ip=f"203.0.113.{i}").status_code == 200
+
+    refused = admin_login(client, " ADMIN@example.com", password, ip="203.0.113.9")
+    body = assert_problem(refused, 429, "rate_limited")
+    assert body["violated-policies"] == ["login_username"]
+    assert int(refused["Retry-After"]) == 60
+    assert "_auth_user_id" not in client.session
+    assert_problem(login(api_client, staff.email, password, ip="203.0.113.10"), 429)
+
+    fake_clock.advance(60)  # one token is back
+    assert admin_login(client, staff.email, password).status_code == 302  # signed in
+    assert client.session["_auth_user_id"] == str(staff.pk)
+
+
+def test_rotating_usernames_on_the_admin_login_does_not_bypass_the_per_ip_limit(
+    client, login_limits
+):
+    for i in range(4):
+        assert admin_login(client, f"guess{i}@example.com").status_code == 200
+    body = assert_problem(admin_login(client, "guess9@example.com"), 429, "rate_limited")
+    assert body["violated-policies"] == ["login_ip"]
+    assert client.get(ADMIN_LOGIN).status_code == 200  # showing the form spends nothing

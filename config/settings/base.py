@@ -41,7 +41,7 @@ STORAGES = {
 }
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.RateLimitedAdminConfig",  # django.contrib.admin, login rate-limited
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

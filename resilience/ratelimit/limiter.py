@@ -290,12 +290,18 @@ def use_limiter(limiter: Limiter) -> Iterator[Limiter]:
 # --- Requests ---------------------------------------------------------------------------
 
 
+def normalize_username(value: object) -> str:
+    """A submitted username as a bucket identity ("" when absent or not a string).
+
+    Normalised like ``accounts.models.normalize_email``, so "Bob@X.com " and "bob@x.com"
+    draw from one bucket.
+    """
+    return value.strip().lower() if isinstance(value, str) else ""
+
+
 def _username(request: Any, field: str) -> str:
     data = getattr(request, "data", None)  # DRF's parsed body; absent on a Django request
-    value = data.get(field) if isinstance(data, Mapping) else None
-    # Normalised like accounts.models.normalize_email, so "Bob@X.com " and "bob@x.com"
-    # draw from one bucket.
-    return value.strip().lower() if isinstance(value, str) else ""
+    return normalize_username(data.get(field) if isinstance(data, Mapping) else None)
 
 
 def identity_for(policy: Policy, request: Any) -> str:
@@ -315,15 +321,28 @@ def identity_for(policy: Policy, request: Any) -> str:
     return "global"
 
 
-def check_request(request: Any, policy_names: Sequence[str], *, cost: int = 1) -> Decision:
-    """Decide ``request`` under the named policies and remember it for the headers."""
+def check_request(
+    request: Any, policy_names: Sequence[str], *, cost: int = 1, username: str | None = None
+) -> Decision:
+    """Decide ``request`` under the named policies and remember it for the headers.
+
+    ``username`` is the submitted username for ``username``-scoped policies when the
+    request does not carry it where they look (the admin's login form, a Django form
+    rather than a DRF body); normalise it with :func:`normalize_username`.
+    """
     config = get_config()
     if not config.enabled:
         return Decision(allowed=True, mode=MODE_DISABLED)
-    policies = [config.policy(name) for name in policy_names]
-    decision = get_limiter().check(
-        [(policy, identity_for(policy, request)) for policy in policies], cost=cost
-    )
+    checks = [
+        (
+            policy,
+            username
+            if username is not None and policy.scope == "username"
+            else identity_for(policy, request),
+        )
+        for policy in (config.policy(name) for name in policy_names)
+    ]
+    decision = get_limiter().check(checks, cost=cost)
     http_request = getattr(request, "_request", request)
     recorded = getattr(http_request, DECISIONS_ATTRIBUTE, None)
     if recorded is None:

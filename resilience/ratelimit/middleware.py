@@ -34,20 +34,23 @@ class RateLimitMiddleware:
         ):
             decision = check_request(request, [policy])
             if not decision.allowed:
-                return self._refusal(request, decision)
+                return refusal_response(request, decision)
         response = self.get_response(request)
         for name, value in response_headers(request).items():
             response[name] = value
         return response
 
-    @staticmethod
-    def _refusal(request: HttpRequest, decision: Decision) -> HttpResponse:
-        # The same errors the DRF exception handler renders, so both answers match.
-        error: RateLimitedError | RateLimiterUnavailableError
-        if decision.unavailable:
-            error = RateLimiterUnavailableError(
-                policies=decision.unavailable, retry_after=decision.retry_after
-            )
-        else:
-            error = RateLimitedError(policies=decision.violated, retry_after=decision.retry_after)
-        return application_error_response(request, error, headers=response_headers(request))
+
+def refusal_response(request: HttpRequest, decision: Decision) -> HttpResponse:
+    """The answer to a refused decision outside DRF (429, or 503 when failing closed).
+
+    The same errors the DRF exception handler renders, so both answers match.
+    """
+    error: RateLimitedError | RateLimiterUnavailableError
+    if decision.unavailable:
+        error = RateLimiterUnavailableError(
+            policies=decision.unavailable, retry_after=decision.retry_after
+        )
+    else:
+        error = RateLimitedError(policies=decision.violated, retry_after=decision.retry_after)
+    return application_error_response(request, error, headers=response_headers(request))
