@@ -23,18 +23,17 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loadgen import LoadResult, run_load
 from bench.support import BENCH_DATABASE_URL, BENCH_REDIS_URL
+from chaos.commands import GUNICORN_COMMAND
+from tests.processes import free_port, http_request, running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx" / "ratelimit.conf"
@@ -49,49 +48,13 @@ TARGET_RATIO = 0.9
 BENCH_ORDERS = 20  # one page of the order list
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready within {READY_TIMEOUT_S} s")
-
-
-@contextmanager
-def process(command: list[str], *, env: dict[str, str], log: Path) -> Iterator[None]:
-    """Run ``command`` in its own process group for the block; always stop it."""
-    with log.open("wb") as output:
-        child = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield
-        finally:
-            if child.poll() is None:
-                os.killpg(child.pid, 15)
-                try:
-                    child.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.pid, 9)
-                    child.wait()
+    wait_for(
+        lambda: http_request("GET", url, timeout=2).status == 200,
+        timeout=READY_TIMEOUT_S,
+        interval=0.1,
+        what=f"{url} to answer 200",
+    )
 
 
 def gunicorn(port: int, workdir: Path):
@@ -111,9 +74,7 @@ def gunicorn(port: int, workdir: Path):
         }
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi:application"]
-    command += ["-c", "config/gunicorn.py"]
-    return process(command, env=env, log=workdir / "gunicorn.log")
+    return running(GUNICORN_COMMAND, env=env, log_path=workdir / "gunicorn.log")
 
 
 def find_or_install_nginx() -> str | None:
@@ -169,7 +130,7 @@ http {{
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
     if check.returncode != 0:
         raise RuntimeError(f"nginx -t failed: {check.stderr.strip()}")
-    return process(command, env=dict(os.environ), log=workdir / "nginx.log")
+    return running(command, env=os.environ, log_path=workdir / "nginx.log")
 
 
 def load(url: str, seconds: float, headers: dict[str, str] | None = None) -> LoadResult:
@@ -393,7 +354,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{app_port}"
         try:
             wait_ready(f"{base}/healthz")
-        except RuntimeError:
+        except AssertionError:
             print((workdir / "gunicorn.log").read_text()[-2000:])
             raise
 
