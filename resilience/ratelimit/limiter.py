@@ -304,8 +304,12 @@ def _username(request: Any, field: str) -> str:
     return normalize_username(data.get(field) if isinstance(data, Mapping) else None)
 
 
-def identity_for(policy: Policy, request: Any) -> str:
-    """Whose bucket ``request`` draws from under ``policy``."""
+def identity_for(policy: Policy, request: Any, *, username: str | None = None) -> str:
+    """Whose bucket ``request`` draws from under ``policy``.
+
+    ``username`` is the submitted username when the request does not carry it where a
+    ``username``-scoped policy looks (a Django form rather than a DRF body).
+    """
     if policy.scope == "ip":
         return client_ip(request)
     if policy.scope == "user":
@@ -314,7 +318,7 @@ def identity_for(policy: Policy, request: Any) -> str:
             return f"user:{user.pk}"
         return f"ip:{client_ip(request)}"  # anonymous callers share their IP's bucket
     if policy.scope == "username":
-        return _username(request, policy.username_field)
+        return username if username is not None else _username(request, policy.username_field)
     if policy.scope == "endpoint":
         match = getattr(request, "resolver_match", None)
         return match.route if match is not None else request.path
@@ -326,23 +330,17 @@ def check_request(
 ) -> Decision:
     """Decide ``request`` under the named policies and remember it for the headers.
 
-    ``username`` is the submitted username for ``username``-scoped policies when the
-    request does not carry it where they look (the admin's login form, a Django form
-    rather than a DRF body); normalise it with :func:`normalize_username`.
+    ``username``: see :func:`identity_for` (the admin's login form passes it, normalised
+    with :func:`normalize_username`).
     """
     config = get_config()
     if not config.enabled:
         return Decision(allowed=True, mode=MODE_DISABLED)
-    checks = [
-        (
-            policy,
-            username
-            if username is not None and policy.scope == "username"
-            else identity_for(policy, request),
-        )
-        for policy in (config.policy(name) for name in policy_names)
-    ]
-    decision = get_limiter().check(checks, cost=cost)
+    policies = [config.policy(name) for name in policy_names]
+    decision = get_limiter().check(
+        [(policy, identity_for(policy, request, username=username)) for policy in policies],
+        cost=cost,
+    )
     http_request = getattr(request, "_request", request)
     recorded = getattr(http_request, DECISIONS_ATTRIBUTE, None)
     if recorded is None:
@@ -359,15 +357,25 @@ def response_headers(request: Any) -> dict[str, str]:
     return render(limit for decision in decisions for limit in decision.service_limits())
 
 
-def enforce(decision: Decision, request: Any = None) -> None:
-    """Raise the project's error for a refused decision; return quietly otherwise."""
-    if decision.allowed:
-        return
+def refusal_error(
+    decision: Decision, request: Any = None
+) -> RateLimitedError | RateLimiterUnavailableError:
+    """The project's error for a refused decision.
+
+    429, carrying the ``RateLimit`` fields of ``request`` when given; or 503 when a
+    fail-closed policy could not be checked.
+    """
     if decision.unavailable:
-        raise RateLimiterUnavailableError(
+        return RateLimiterUnavailableError(
             policies=decision.unavailable, retry_after=decision.retry_after
         )
     headers = response_headers(request) if request is not None else {}
-    raise RateLimitedError(
+    return RateLimitedError(
         policies=decision.violated, retry_after=decision.retry_after, headers=headers
     )
+
+
+def enforce(decision: Decision, request: Any = None) -> None:
+    """Raise the project's error for a refused decision; return quietly otherwise."""
+    if not decision.allowed:
+        raise refusal_error(decision, request)

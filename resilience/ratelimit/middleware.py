@@ -14,8 +14,12 @@ from django.http import HttpRequest, HttpResponse
 
 from common.responses import application_error_response
 from resilience.ratelimit.config import get_config
-from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
-from resilience.ratelimit.limiter import Decision, check_request, response_headers
+from resilience.ratelimit.limiter import (
+    Decision,
+    check_request,
+    refusal_error,
+    response_headers,
+)
 
 
 class RateLimitMiddleware:
@@ -46,11 +50,6 @@ def refusal_response(request: HttpRequest, decision: Decision) -> HttpResponse:
 
     The same errors the DRF exception handler renders, so both answers match.
     """
-    error: RateLimitedError | RateLimiterUnavailableError
-    if decision.unavailable:
-        error = RateLimiterUnavailableError(
-            policies=decision.unavailable, retry_after=decision.retry_after
-        )
-    else:
-        error = RateLimitedError(policies=decision.violated, retry_after=decision.retry_after)
-    return application_error_response(request, error, headers=response_headers(request))
+    # The RateLimit fields go on both answers, the 503 of a fail-closed policy included.
+    headers = response_headers(request)
+    return application_error_response(request, refusal_error(decision), headers=headers)
