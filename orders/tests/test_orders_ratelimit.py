@@ -51,10 +51,7 @@ def test_the_report_has_a_tight_per_user_limit(settings, make_user, limiter_with
 def test_the_report_fails_closed_while_the_limiter_cannot_reach_redis(settings, auth_client):
     ratelimit_settings(
         settings,
-        redis={
-            **settings.RESILIENCE_RATELIMIT["redis"],
-            "url": f"redis://127.0.0.1:{free_port()}/0",
-        },
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
     )
     response = auth_client.get(REPORT)
     body = assert_problem(response, 503, "rate_limiter_unavailable")
@@ -69,10 +66,7 @@ def test_the_report_fails_closed_while_the_limiter_cannot_reach_redis(settings, 
 def test_a_dry_run_report_limit_refuses_nothing(settings, auth_client):
     ratelimit_settings(
         settings,
-        redis={
-            **settings.RESILIENCE_RATELIMIT["redis"],
-            "url": f"redis://127.0.0.1:{free_port()}/0",
-        },
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
         policies={"orders_report": {"dry_run": True}},
     )
     assert auth_client.get(REPORT).status_code == 200

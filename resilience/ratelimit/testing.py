@@ -145,12 +145,18 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
-def ratelimit_settings(settings, *, policies: dict | None = None, **top_level) -> None:
+def ratelimit_settings(
+    settings, *, policies: dict | None = None, redis_url: str | None = None, **top_level
+) -> None:
     """Override parts of ``RESILIENCE_RATELIMIT`` for one test.
 
-    ``policies`` entries are merged into the existing policies of the same name.
+    ``policies`` entries are merged into the existing policies of the same name;
+    ``redis_url`` points the limiter at another Redis (one the test owns), other Redis
+    options unchanged.
     """
     config = {**settings.RESILIENCE_RATELIMIT, **top_level}
+    if redis_url is not None:
+        config["redis"] = {**config["redis"], "url": redis_url}
     merged = {name: dict(spec) for name, spec in config["policies"].items()}
     for name, spec in (policies or {}).items():
         merged[name] = {**merged.get(name, {}), **spec}

@@ -77,7 +77,7 @@ class Traffic:
 def use_own_redis(settings, server, *, capacity: int, instances: int = 2) -> None:
     ratelimit_settings(
         settings,
-        redis={**settings.RESILIENCE_RATELIMIT["redis"], "url": server.url},
+        redis_url=server.url,
         instances=instances,
         # A frozen clock and a refill too slow to matter: counts are exact.
         policies={"flood": {"capacity": capacity, "refill_rate": 0.001}},
@@ -177,10 +177,7 @@ def test_an_unreachable_redis_never_fails_a_fail_open_request(api_client, settin
 
     ratelimit_settings(
         settings,
-        redis={
-            **settings.RESILIENCE_RATELIMIT["redis"],
-            "url": f"redis://127.0.0.1:{free_port()}/0",
-        },
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
         instances=1,
         policies={"flood": {"capacity": 2, "refill_rate": 0.001}},
     )

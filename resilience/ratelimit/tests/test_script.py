@@ -46,7 +46,7 @@ def test_each_decision_is_exactly_one_evalsha(settings, own_redis):
     """INFO commandstats: N decisions -> N EVALSHA, and no other command from the client."""
     ratelimit_settings(
         settings,
-        redis={**settings.RESILIENCE_RATELIMIT["redis"], "url": own_redis.url},
+        redis_url=own_redis.url,
         policies={
             "t_ip": {"capacity": 5, "refill_rate": 1.0, "scope": "ip"},
             "t_user": {"capacity": 3, "refill_rate": 1.0, "scope": "user"},
@@ -81,7 +81,7 @@ def test_a_decision_is_a_single_client_command_on_the_wire(settings, own_redis):
     """MONITOR shows one command per decision from the client; the rest is '[0 lua]'."""
     ratelimit_settings(
         settings,
-        redis={**settings.RESILIENCE_RATELIMIT["redis"], "url": own_redis.url},
+        redis_url=own_redis.url,
         policies={
             "t_a": {"capacity": 5, "refill_rate": 1.0, "scope": "ip"},
             "t_b": {"capacity": 5, "refill_rate": 1.0, "scope": "global"},
