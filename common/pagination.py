@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+
+# The query parameters of every paginated list, for ``extend_schema(parameters=...)``.
+PAGE_PARAMETERS = [OpenApiParameter("page", int), OpenApiParameter("page_size", int)]
 
 
 class BoundedPageNumberPagination(PageNumberPagination):
@@ -26,3 +34,12 @@ class BoundedPageNumberPagination(PageNumberPagination):
                 {"page_size": [f"Must be an integer between 1 and {self.max_page_size}."]}
             )
         return int(raw)
+
+
+def paginated_response(
+    request: Request, view: Any, queryset: Any, serializer_class: type[BaseSerializer]
+) -> Response:
+    """One page of ``queryset``, serialised, with ``count``, ``next`` and ``previous``."""
+    paginator = BoundedPageNumberPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)

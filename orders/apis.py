@@ -5,13 +5,13 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.pagination import BoundedPageNumberPagination
+from common.pagination import PAGE_PARAMETERS, paginated_response
 from orders import selectors, services
 from orders.serializers import (
     OrderCreateInputSerializer,
@@ -56,15 +56,12 @@ class OrderListCreateApi(APIView):
 
     @extend_schema(
         responses={200: OrderOutputSerializer(many=True)},
-        parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+        parameters=PAGE_PARAMETERS,
         operation_id="orders_list",
     )
     def get(self, request: Request) -> Response:
-        paginator = BoundedPageNumberPagination()
-        page = paginator.paginate_queryset(
-            selectors.order_list(owner=request.user), request, view=self
-        )
-        return paginator.get_paginated_response(OrderOutputSerializer(page, many=True).data)
+        orders = selectors.order_list(owner=request.user)
+        return paginated_response(request, self, orders, OrderOutputSerializer)
 
 
 class OrderDetailApi(APIView):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.pagination import BoundedPageNumberPagination
+from common.pagination import PAGE_PARAMETERS, paginated_response
 from resilience.ratelimit.business import business_ratelimit
 from webhooks import selectors, services
 from webhooks.serializers import (
@@ -21,8 +21,6 @@ from webhooks.serializers import (
     EndpointCreateInputSerializer,
     EndpointOutputSerializer,
 )
-
-PAGE_PARAMETERS = [OpenApiParameter("page", int), OpenApiParameter("page_size", int)]
 
 
 class EndpointListCreateApi(APIView):
@@ -46,11 +44,8 @@ class EndpointListCreateApi(APIView):
         operation_id="webhook_endpoints_list",
     )
     def get(self, request: Request) -> Response:
-        paginator = BoundedPageNumberPagination()
-        page = paginator.paginate_queryset(
-            selectors.endpoint_list(owner=request.user), request, view=self
-        )
-        return paginator.get_paginated_response(EndpointOutputSerializer(page, many=True).data)
+        endpoints = selectors.endpoint_list(owner=request.user)
+        return paginated_response(request, self, endpoints, EndpointOutputSerializer)
 
 
 class EndpointDetailApi(APIView):
@@ -94,6 +89,4 @@ class DeliveryListApi(APIView):
             status=params.validated_data.get("status"),
             endpoint_id=params.validated_data.get("endpoint"),
         )
-        paginator = BoundedPageNumberPagination()
-        page = paginator.paginate_queryset(deliveries, request, view=self)
-        return paginator.get_paginated_response(DeliveryOutputSerializer(page, many=True).data)
+        return paginated_response(request, self, deliveries, DeliveryOutputSerializer)

@@ -41,7 +41,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from common.errors import ApplicationError, NotFoundError, UnprocessableError
+from common.errors import ConflictError, NotFoundError, UnprocessableError
 from resilience.breakers import BreakerOpenError
 from resilience.bulkhead import BulkheadFullError
 from resilience.db_routing import current_alias
@@ -77,8 +77,7 @@ class WebhookEndpointLimitError(UnprocessableError):
     title = "Too many webhook endpoints"
 
 
-class WebhookReplayError(ApplicationError):
-    status = 409
+class WebhookReplayError(ConflictError):
     code = "webhook_replay_refused"
     title = "Delivery cannot be replayed"
 
