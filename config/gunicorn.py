@@ -7,10 +7,12 @@ import os
 
 from prometheus_client import multiprocess
 
+from config.worker_model import WEB_THREADS, WEB_WORKERS
+
 bind = f"{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}"
-workers = int(os.environ.get("WEB_WORKERS", "2"))
+workers = WEB_WORKERS
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = WEB_THREADS
 # A request that outlives this is killed; the request deadline (settings) is shorter.
 timeout = int(os.environ.get("WEB_TIMEOUT_S", "30"))
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT_S", "20"))

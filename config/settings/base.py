@@ -103,6 +103,16 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# --- Worker model: concurrency of each kind of process (config/worker_model.py, adr/0007) --
+# The bulkhead sizing check (resilience.checks) compares every semaphore bulkhead with
+# the concurrency of the process that holds it.
+from config.worker_model import (  # noqa: E402
+    WEB_THREADS,
+    WEB_WORKERS,
+    WORKER_DEFAULT_CONCURRENCY,
+    WORKER_WEBHOOKS_CONCURRENCY,
+)
+
 # --- PostgreSQL: two aliases on one database, each its own pool (a bulkhead) -------------
 # `default` serves the request path, `background` serves Celery workers, so a flood of
 # background work can exhaust only its own connections. See adr/0002.
