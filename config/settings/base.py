@@ -106,7 +106,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # --- Worker model: concurrency of each kind of process (config/worker_model.py, adr/0007) --
 # The bulkhead sizing check (resilience.checks) compares every semaphore bulkhead with
 # the concurrency of the process that holds it.
-from config.worker_model import (  # noqa: E402
+from config.worker_model import (  # noqa: E402, F401 - settings read by checks and the rig
     WEB_THREADS,
     WEB_WORKERS,
     WORKER_DEFAULT_CONCURRENCY,
