@@ -43,8 +43,9 @@ def django_db_setup(django_db_setup, django_db_blocker):
 def fresh_resilience():
     """Every test starts with new breakers, budgets, bulkheads and clients.
 
-    Shared breaker state lives in the suite's own Redis database; it is wiped too, so
-    one test's open breaker never leaks into the next.
+    Shared breaker state and fleet bulkhead leases live in the suite's own Redis
+    database; they are wiped too, so one test's open breaker or held slot never leaks
+    into the next.
     """
     from resilience.breakers import _shared_state_redis
     from resilience.registry import reset_all
@@ -52,7 +53,10 @@ def fresh_resilience():
     def wipe() -> None:
         reset_all()
         client = _shared_state_redis()
-        keys = list(client.scan_iter("resilience:breaker:*", count=1000))
+        keys = [
+            *client.scan_iter("resilience:breaker:*", count=1000),
+            *client.scan_iter("resilience:bulkhead:*", count=1000),
+        ]
         if keys:
             client.delete(*keys)
 
@@ -65,8 +69,8 @@ def fresh_resilience():
 def wide_request_pool() -> Iterator[None]:
     """Let 50 threads share the request pool: they queue for a connection, none fail.
 
-    The production pool (8 connections, 16 waiters, 1 s wait) would answer some of the 50
-    with 503 (a correct answer, but not the one under test).
+    The production pool (one connection per web thread, 16 waiters, 1 s wait) would
+    answer some of the 50 with 503 (a correct answer, but not the one under test).
     """
     pool_options = connections["default"].settings_dict["OPTIONS"]["pool"]
     saved = dict(pool_options)

@@ -11,6 +11,7 @@ import time
 
 BENCHMARKS = [
     "bench.breaker_concurrency",
+    "bench.payments_latency",
     "bench.payments_budget",
     "bench.orders_idempotency",
     "bench.ratelimit",

@@ -1,8 +1,15 @@
 """Compose the patterns for one call to a named dependency.
 
-Order, outermost first (STYLE 9, adr/0003): deadline -> bulkhead -> retry -> breaker ->
-per-attempt timeout. Retry never retries an open breaker, a full bulkhead or a spent
-deadline: those mean "do not call now", and retrying them would only add load.
+Order, outermost first (STYLE 9, adr/0003): deadline (and, on the request path, the
+dependency's latency budget) -> bulkhead -> retry -> breaker -> per-attempt timeout.
+Retry never retries an open breaker, a full bulkhead or a spent deadline: those mean
+"do not call now", and retrying them would only add load.
+
+Request path vs background (adr/0007): a user request spends at most
+``timeouts.request_budget_s`` on one call, every attempt and wait included, and the
+caller's ``retryable`` is asked with ``on_request_path=True`` so that it can refuse to
+retry what would only make the user wait (a read timeout); what does not fit is the
+caller's to defer. Background calls get the full per-attempt timeouts.
 """
 
 from __future__ import annotations
@@ -46,22 +53,24 @@ def call(
     dependency: str,
     attempt: Callable[[TimeoutPolicy], T],
     *,
-    retryable: Callable[[BaseException], bool] | None = None,
+    retryable: Callable[..., bool] | None = None,
     idempotent: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``attempt(timeouts)`` under every policy configured for ``dependency``.
 
-    ``retryable`` says which failures are worth another attempt; a non-idempotent call
-    (``idempotent=False``) is never retried. With ``RESILIENCE_ENABLED=False`` (the chaos
-    baseline) only the per-attempt timeouts remain.
+    ``retryable(exc, on_request_path=...)`` says which failures are worth another
+    attempt; a non-idempotent call (``idempotent=False``) is never retried. With
+    ``RESILIENCE_ENABLED=False`` (the chaos baseline) only the per-attempt timeouts remain.
     """
     policy = get_policy(dependency)
     if not settings.RESILIENCE_ENABLED:
         return attempt(policy.timeouts)
 
-    deadline.ensure_time_left(dependency)
+    on_request_path = deadline.on_request_path()
+    budget = policy.timeouts.request_budget_s if on_request_path else None
     guard = breaker(dependency) if policy.breaker else None
+    slots = bulkhead(dependency)
 
     def one_attempt() -> T:
         deadline.ensure_time_left(dependency)
@@ -78,14 +87,18 @@ def call(
                 time.perf_counter() - started
             )
 
-    slots = bulkhead(dependency)
-    with slots.slot() if slots else nullcontext():
-        if policy.retry is None or retryable is None or not idempotent:
-            return one_attempt()
-        return call_with_retry(
-            dependency,
-            policy.retry,
-            one_attempt,
-            retryable=lambda exc: not isinstance(exc, REFUSALS) and retryable(exc),
-            sleep=sleep,
-        )
+    with deadline.deadline(budget) if budget else nullcontext():
+        deadline.ensure_time_left(dependency)
+        with slots.slot() if slots else nullcontext():
+            if policy.retry is None or retryable is None or not idempotent:
+                return one_attempt()
+            return call_with_retry(
+                dependency,
+                policy.retry,
+                one_attempt,
+                retryable=lambda exc: (
+                    not isinstance(exc, REFUSALS)
+                    and retryable(exc, on_request_path=on_request_path)
+                ),
+                sleep=sleep,
+            )

@@ -1,13 +1,22 @@
-"""Start-up check: every ``RESILIENCE`` dependency policy is known, complete and safe."""
+"""Start-up checks: every ``RESILIENCE`` dependency policy is known, complete and safe,
+and every bulkhead is sized so that it can fill (adr/0007)."""
 
 from __future__ import annotations
+
+import math
 
 from django.conf import settings
 from django.core.checks import Error, register
 
-from resilience.policies import PolicyError, build_policy
+from resilience.policies import DependencyPolicy, PolicyError, build_policy
 
-TOP_LEVEL_KEYS = {"request_deadline_s", "breaker_state_redis_url", "dependencies"}
+TOP_LEVEL_KEYS = {
+    "request_deadline_s",
+    "breaker_state_redis_url",
+    "dependencies",
+    "process_concurrency",
+    "bulkhead_reserved_share",
+}
 REQUIRED_DEPENDENCIES = {"postgres", "redis", "payments", "webhook"}
 
 
@@ -32,9 +41,70 @@ def check_resilience_settings(app_configs, **kwargs) -> list[Error]:
         Error(f"RESILIENCE has no policy for {name!r}.", id="resilience.E004")
         for name in sorted(REQUIRED_DEPENDENCIES - set(dependencies))
     ]
+    policies = []
     for name, raw in dependencies.items():
         try:
-            build_policy(name, raw)
+            policies.append(build_policy(name, raw))
         except PolicyError as exc:
             errors.append(Error(f"RESILIENCE dependency {exc}", id="resilience.E005"))
+    return errors + bulkhead_sizing_errors(
+        policies, config.get("process_concurrency", {}), config.get("bulkhead_reserved_share", 0.5)
+    )
+
+
+def bulkhead_sizing_errors(
+    policies: list[DependencyPolicy], concurrency: dict[str, int], reserved_share: float
+) -> list[Error]:
+    """A bulkhead isolates only if it can fill before the process that holds it does.
+
+    Each bulkhead must be smaller than the concurrency of one process of its kind
+    (``runs_in``): threads of a web process, children of a worker node. The process-scoped
+    bulkheads of one kind, together, must leave ``reserved_share`` of that concurrency
+    to everything else, so that every slow dependency at once still leaves room for reads.
+    A fleet-scoped bulkhead is compared with one node (the smallest fleet it can fill).
+    """
+    errors: list[Error] = []
+    if not 0 <= reserved_share < 1:
+        message = "RESILIENCE['bulkhead_reserved_share'] must be within [0, 1)."
+        return [Error(message, id="resilience.E006")]
+    held: dict[str, int] = {}
+    for policy in policies:
+        bulkhead = policy.bulkhead
+        if bulkhead is None:
+            continue
+        available = concurrency.get(bulkhead.runs_in)
+        if not isinstance(available, int) or available < 1:
+            errors.append(
+                Error(
+                    f"{policy.name}.bulkhead.runs_in={bulkhead.runs_in!r} names no process kind"
+                    f" of RESILIENCE['process_concurrency'] ({sorted(concurrency)}).",
+                    id="resilience.E007",
+                )
+            )
+            continue
+        if bulkhead.max_concurrent >= available:
+            errors.append(
+                Error(
+                    f"{policy.name}.bulkhead.max_concurrent={bulkhead.max_concurrent} is not"
+                    f" smaller than the {available} concurrent requests or tasks of a"
+                    f" {bulkhead.runs_in!r} process: it can never fill, so a slow"
+                    f" {policy.name} would take the whole process.",
+                    hint="Lower the bulkhead or raise the process's threads/concurrency.",
+                    id="resilience.E008",
+                )
+            )
+        if bulkhead.scope == "process":
+            held[bulkhead.runs_in] = held.get(bulkhead.runs_in, 0) + bulkhead.max_concurrent
+    for kind, total in sorted(held.items()):
+        allowed = math.floor(concurrency[kind] * (1 - reserved_share))
+        if total > allowed:
+            errors.append(
+                Error(
+                    f"The bulkheads of a {kind!r} process hold {total} of its"
+                    f" {concurrency[kind]} slots together; at most {allowed} leave"
+                    f" {reserved_share:.0%} to everything else.",
+                    hint="Lower the bulkheads or raise the process's threads.",
+                    id="resilience.E009",
+                )
+            )
     return errors

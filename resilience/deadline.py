@@ -16,6 +16,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# True while a user request is being served (set by the middleware). Calls made on the
+# request path spend at most their dependency's latency budget and never retry a read
+# timeout; the background (Celery tasks) is where slow work gets its full timeouts.
+_request_path: contextvars.ContextVar[bool] = contextvars.ContextVar("request_path", default=False)
 
 # Below this many seconds an attempt cannot do useful work: treat the budget as spent.
 MIN_USEFUL_S = 0.005
@@ -47,6 +51,22 @@ def deadline(seconds: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
+def on_request_path() -> bool:
+    """Whether the current code serves a user request (inside the deadline middleware)."""
+    return _request_path.get()
+
+
+@contextmanager
+def request_path(seconds: float) -> Iterator[None]:
+    """Serve a user request: the request deadline, and the request-path rules of calls."""
+    token = _request_path.set(True)
+    try:
+        with deadline(seconds):
+            yield
+    finally:
+        _request_path.reset(token)
+
+
 def clip(timeout: float) -> float:
     """``timeout`` shortened to the budget that is left."""
     left = remaining()
@@ -70,5 +90,5 @@ class DeadlineMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        with deadline(settings.RESILIENCE["request_deadline_s"]):
+        with request_path(settings.RESILIENCE["request_deadline_s"]):
             return self.get_response(request)

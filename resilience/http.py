@@ -2,8 +2,9 @@
 
 Every call gets the dependency's policies (``resilience.calls``) and an explicit
 ``(connect, read)`` timeout clipped to the request deadline; a call cannot be made
-without one. Only 429/502/503/504 answers, connection errors and timeouts are retried,
-and only for idempotent methods or requests that carry an ``Idempotency-Key``.
+without one. Only 429/502/503/504 answers, connection errors and timeouts are retried
+(read timeouts only off the request path), and only for idempotent methods or requests
+that carry an ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -60,10 +61,19 @@ def is_downstream_failure(exc: BaseException) -> bool:
     return isinstance(exc, requests.ConnectionError | requests.Timeout)
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """What retry may try again: 429/502/503/504, connection errors and timeouts."""
+def is_retryable(exc: BaseException, *, on_request_path: bool = False) -> bool:
+    """What retry may try again: 429/502/503/504, connection errors and timeouts.
+
+    On the request path a read timeout is not retried: the dependency took the request
+    and is slow, so another attempt would only spend the user's time (and add load to
+    a struggling dependency); the caller defers the work to the background instead. A
+    refused or timed-out connection (nothing was sent) and a 503 with a short
+    ``Retry-After`` may still be retried within the latency budget.
+    """
     if isinstance(exc, DownstreamHTTPError):
         return exc.status in RETRYABLE_STATUSES
+    if on_request_path and isinstance(exc, requests.ReadTimeout):
+        return False
     return isinstance(exc, requests.ConnectionError | requests.Timeout)
 
 

@@ -56,6 +56,11 @@ BULKHEAD_REJECTED = Counter(
     "Calls refused because the bulkhead was full.",
     ["dependency"],
 )
+BULKHEAD_FALLBACK = Counter(
+    "resilience_bulkhead_fallback_total",
+    "Fleet bulkhead slots taken from the per-process fallback because Redis was out.",
+    ["dependency"],
+)
 DEADLINE_EXCEEDED = Counter(
     "resilience_deadline_exceeded_total",
     "Calls not started (or stopped retrying) because the request deadline passed.",

@@ -25,6 +25,10 @@ class TimeoutPolicy:
     read_s: float | None = None
     pool_wait_s: float | None = None
     statement_s: float | None = None
+    # On the request path, every attempt and wait of one call fits in this (clipped by
+    # the request deadline); what does not fit is deferred to the background, whose
+    # calls get one attempt of the full ``read_s``. None: only the deadline bounds it.
+    request_budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,25 @@ class BreakerPolicy:
     shared: bool = False  # state in Redis, so every process learns at once
 
 
+BULKHEAD_SCOPES = ("process", "fleet")
+
+
 @dataclass(frozen=True)
 class BulkheadPolicy:
-    """At most ``max_concurrent`` calls per process; wait at most ``max_wait_s`` for a slot."""
+    """At most ``max_concurrent`` calls at once; wait at most ``max_wait_s`` for a slot.
+
+    ``scope="process"`` is a semaphore in each process of kind ``runs_in`` (a web process
+    and its threads); ``scope="fleet"`` is one count across every process, kept in Redis
+    with leases of ``lease_s`` (so a killed process cannot hold a slot for ever). Either
+    way it must be smaller than the concurrency of one ``runs_in`` process (the sizing
+    check in ``resilience.checks``), or it could never fill and would isolate nothing.
+    """
 
     max_concurrent: int = 10
     max_wait_s: float = 0.0
+    scope: str = "process"
+    runs_in: str = "web"
+    lease_s: float | None = None  # fleet scope: defaults to connect + read timeout + 5 s
 
 
 @dataclass(frozen=True)
@@ -99,10 +116,21 @@ def _build_part(dependency: str, part: str, raw: dict[str, Any]) -> Any:
         raise PolicyError(f"{dependency}.{part}: {exc}") from exc
 
 
+def _validate_bulkhead(name: str, bulkhead: BulkheadPolicy) -> list[tuple[str, float]]:
+    """Raise on an unusable bulkhead; return its values that must be positive."""
+    if bulkhead.max_concurrent < 1:
+        raise PolicyError(f"{name}.bulkhead.max_concurrent must be at least 1")
+    if not 0 <= bulkhead.max_wait_s <= 5:
+        raise PolicyError(f"{name}.bulkhead.max_wait_s must be within 0..5 s")
+    if bulkhead.scope not in BULKHEAD_SCOPES:
+        raise PolicyError(f"{name}.bulkhead.scope must be one of {list(BULKHEAD_SCOPES)}")
+    return [] if bulkhead.lease_s is None else [("bulkhead.lease_s", bulkhead.lease_s)]
+
+
 def _validate(policy: DependencyPolicy) -> None:
     name = policy.name
     positive = [("timeouts.connect_s", policy.timeouts.connect_s)]
-    for attr in ("read_s", "pool_wait_s", "statement_s"):
+    for attr in ("read_s", "pool_wait_s", "statement_s", "request_budget_s"):
         value = getattr(policy.timeouts, attr)
         if value is not None:
             positive.append((f"timeouts.{attr}", value))
@@ -119,10 +147,7 @@ def _validate(policy: DependencyPolicy) -> None:
         if policy.breaker.fail_max < 1:
             raise PolicyError(f"{name}.breaker.fail_max must be at least 1")
     if policy.bulkhead:
-        if policy.bulkhead.max_concurrent < 1:
-            raise PolicyError(f"{name}.bulkhead.max_concurrent must be at least 1")
-        if not 0 <= policy.bulkhead.max_wait_s <= 5:
-            raise PolicyError(f"{name}.bulkhead.max_wait_s must be within 0..5 s")
+        positive += _validate_bulkhead(name, policy.bulkhead)
     for label, value in positive:
         if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
             raise PolicyError(f"{name}.{label} must be a finite number above 0, not {value!r}")

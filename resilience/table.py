@@ -8,13 +8,26 @@ from __future__ import annotations
 from resilience.policies import DependencyPolicy, all_policies
 
 HEADER = (
-    "| dependency | connect | read / statement | pool wait | attempts | backoff (full jitter) "
-    "| retry budget | breaker | bulkhead |"
+    "| dependency | connect | read / statement | pool wait | request budget | attempts "
+    "| backoff (full jitter) | retry budget | breaker | bulkhead |"
 )
+COLUMNS = 10
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:g} s"
+
+
+def _bulkhead(policy: DependencyPolicy) -> str:
+    bulkhead = policy.bulkhead
+    if bulkhead is None:
+        return "-"
+    where = (
+        f"per {bulkhead.runs_in} process"
+        if bulkhead.scope == "process"
+        else f"across {bulkhead.runs_in} processes"
+    )
+    return f"{bulkhead.max_concurrent} {where}, wait {bulkhead.max_wait_s:g} s"
 
 
 def row(policy: DependencyPolicy) -> str:
@@ -35,20 +48,15 @@ def row(policy: DependencyPolicy) -> str:
         if policy.breaker
         else "-"
     )
-    bulkhead = (
-        f"{policy.bulkhead.max_concurrent}, wait {policy.bulkhead.max_wait_s:g} s"
-        if policy.bulkhead
-        else "-"
-    )
     cells = [
         policy.name, _seconds(t.connect_s), _seconds(read), _seconds(t.pool_wait_s),
-        attempts, backoff, budget, breaker, bulkhead,
+        _seconds(t.request_budget_s), attempts, backoff, budget, breaker, _bulkhead(policy),
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
 def render() -> str:
     """The markdown table of every configured dependency."""
-    lines = [HEADER, "|" + "---|" * 9]
+    lines = [HEADER, "|" + "---|" * COLUMNS]
     lines += [row(policy) for policy in all_policies().values()]
     return "\n".join(lines) + "\n"

@@ -151,8 +151,9 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         assert status == 201
         assert headers.get("Idempotent-Replayed") == "true"
 
-        # 3. Payments down: retries, the breaker opens, orders are deferred.
-        payments.set_faults(error_rate=1.0, error_status=503)
+        # 3. Payments down: retries (a 503 with a short Retry-After fits the request
+        #    budget), the breaker opens, orders are deferred.
+        payments.set_faults(error_rate=1.0, error_status=503, retry_after=0)
         deferred = []
         for _ in range(3):
             status, _, body, _ = http_request(

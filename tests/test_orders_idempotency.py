@@ -16,6 +16,7 @@ from config.celery import app
 from conftest import client_for
 from orders import services
 from orders.models import Order
+from resilience.policies import get_policy
 from tests.concurrency import client_with_token, run_threads
 from webhooks.models import OutboxEvent
 
@@ -41,7 +42,9 @@ def test_fifty_concurrent_duplicates_make_one_order_and_one_charge(
     )
     token = Token.objects.create(user=user).key
     key = str(uuid.uuid4())
-    payments.set_faults(latency_ms=300)  # keep the first request in flight
+    # Keep the first request in flight, well within the request-path budget for payments.
+    budget_ms = get_policy("payments").timeouts.request_budget_s * 1000
+    payments.set_faults(latency_ms=int(budget_ms / 3))
 
     def attempt(_: int):
         response = post(client_with_token(token), key)

@@ -106,7 +106,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # --- Worker model: concurrency of each kind of process (config/worker_model.py, adr/0007) --
 # The bulkhead sizing check (resilience.checks) compares every semaphore bulkhead with
 # the concurrency of the process that holds it.
-from config.worker_model import (  # noqa: E402, F401 - settings read by checks and the rig
+from config.worker_model import (  # noqa: E402, F401 - read by the bulkhead check and the rig
     WEB_THREADS,
     WEB_WORKERS,
     WORKER_DEFAULT_CONCURRENCY,
@@ -120,7 +120,9 @@ DATABASE_URL = env("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/r
 
 DB_CONNECT_TIMEOUT_S = env("DB_CONNECT_TIMEOUT_S", default=2, cast=int)  # libpq minimum is 2
 DB_REQUEST_POOL_MIN = env("DB_REQUEST_POOL_MIN", default=2, cast=int)
-DB_REQUEST_POOL_MAX = env("DB_REQUEST_POOL_MAX", default=8, cast=int)
+# One connection per web thread (adr/0007): a thread that waits on payments keeps its
+# connection checked out, and must not make the other threads wait for the pool.
+DB_REQUEST_POOL_MAX = env("DB_REQUEST_POOL_MAX", default=WEB_THREADS, cast=int)
 # How long a request waits for a pooled connection before failing fast (503). The
 # psycopg default of 30 s turns a Postgres outage into 30 s hangs.
 DB_REQUEST_POOL_TIMEOUT_S = env("DB_REQUEST_POOL_TIMEOUT_S", default=1.0, cast=float)
@@ -377,9 +379,28 @@ LOGGING = {
 PAYMENTS_URL = env("PAYMENTS_URL", default="http://127.0.0.1:8101")
 REQUEST_DEADLINE_S = env("REQUEST_DEADLINE_S", default=5.0, cast=float)
 RESILIENCE_ENABLED = env("RESILIENCE_ENABLED", default=True, cast=bool)
+# Payments' healthy latency: p99 of one authorisation, measured with the service's own
+# client under concurrent load (`python -m bench payments_latency`; docs/timeouts.md).
+# A user request may spend PAYMENTS_BUDGET_HEADROOM times that on payments in total.
+PAYMENTS_HEALTHY_P99_S = env("PAYMENTS_HEALTHY_P99_S", default=0.03, cast=float)
+PAYMENTS_BUDGET_HEADROOM = env("PAYMENTS_BUDGET_HEADROOM", default=10.0, cast=float)
+PAYMENTS_REQUEST_BUDGET_S = env(
+    "PAYMENTS_REQUEST_BUDGET_S",
+    default=round(min(REQUEST_DEADLINE_S, PAYMENTS_HEALTHY_P99_S * PAYMENTS_BUDGET_HEADROOM), 3),
+    cast=float,
+)
 RESILIENCE = {
     # Every request gets this time budget; outbound timeouts are clipped to what is left.
     "request_deadline_s": REQUEST_DEADLINE_S,
+    # Concurrency of each kind of process (config/worker_model.py): a bulkhead that
+    # runs in a kind must be smaller than this, and the bulkheads of one kind together
+    # leave at least `bulkhead_reserved_share` of it to everything else (adr/0007).
+    "process_concurrency": {
+        "web": WEB_THREADS,
+        "default": WORKER_DEFAULT_CONCURRENCY,
+        "webhooks": WORKER_WEBHOOKS_CONCURRENCY,
+    },
+    "bulkhead_reserved_share": env("BULKHEAD_RESERVED_SHARE", default=0.5, cast=float),
     # Redis that holds shared breaker state for HTTP downstreams.
     "breaker_state_redis_url": env("BREAKER_STATE_REDIS_URL", default=REDIS_URL),
     "dependencies": {
@@ -408,7 +429,10 @@ RESILIENCE = {
             "base_url": PAYMENTS_URL,
             "timeouts": {
                 "connect_s": env("PAYMENTS_CONNECT_TIMEOUT_S", default=0.25, cast=float),
+                # Background attempts (deferred authorisations) get the full read timeout.
                 "read_s": env("PAYMENTS_READ_TIMEOUT_S", default=1.0, cast=float),
+                # A user request spends at most this on payments, retries included.
+                "request_budget_s": PAYMENTS_REQUEST_BUDGET_S,
             },
             "retry": {
                 "max_attempts": env("PAYMENTS_MAX_ATTEMPTS", default=3, cast=int),
@@ -425,9 +449,13 @@ RESILIENCE = {
                 "reset_timeout_s": env("PAYMENTS_BREAKER_RESET_S", default=10.0, cast=float),
                 "shared": True,
             },
+            # A quarter of a web process's threads (adr/0007): slow payments can hold
+            # these and nothing more; orders beyond them are deferred at once.
             "bulkhead": {
-                "max_concurrent": env("PAYMENTS_BULKHEAD_MAX", default=8, cast=int),
-                "max_wait_s": 0.05,
+                "max_concurrent": env("PAYMENTS_BULKHEAD_MAX", default=4, cast=int),
+                "max_wait_s": env("PAYMENTS_BULKHEAD_WAIT_S", default=0.05, cast=float),
+                "scope": "process",
+                "runs_in": "web",
             },
         },
         # Template for webhook targets: one breaker per target host ("webhook:<host>").
@@ -441,10 +469,14 @@ RESILIENCE = {
                 "reset_timeout_s": env("WEBHOOK_BREAKER_RESET_S", default=60.0, cast=float),
                 "shared": True,
             },
-            # Per process: caps one target's share of a threaded worker (adr/0006).
+            # Concurrent deliveries to one target host across the whole worker fleet
+            # (a prefork child runs one task, so a per-process semaphore could never
+            # fill): one slow customer holds at most this many webhook workers (adr/0007).
             "bulkhead": {
-                "max_concurrent": env("WEBHOOK_BULKHEAD_MAX", default=4, cast=int),
+                "max_concurrent": env("WEBHOOK_HOST_MAX_CONCURRENT", default=2, cast=int),
                 "max_wait_s": 0.0,
+                "scope": "fleet",
+                "runs_in": "webhooks",
             },
         },
     },

@@ -1,0 +1,116 @@
+"""Request path vs background: the latency budget and the read-timeout rule (adr/0007).
+
+Against the real payments simulator: on the request path one call spends at most the
+dependency's request budget and never retries a read timeout; a refused connection and
+a 503 with a short Retry-After are still retried within the budget. Off the request path
+(a Celery task) the same call gets the full read timeout.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from conftest import override_policy
+from resilience import deadline
+from resilience.http import ResilientSession
+from tests.processes import free_port
+
+BODY = {"order_id": "o-rp", "amount": 100, "currency": "EUR"}
+BUDGET_S = 0.4
+
+
+@pytest.fixture
+def session(payments, settings):
+    override_policy(
+        settings,
+        "payments",
+        timeouts={"read_s": 1.0, "request_budget_s": BUDGET_S},
+        retry={"base_s": 0.001, "cap_s": 0.002, "budget_min_retries": 100},
+        breaker={"fail_max": 1000},
+    )
+    return ResilientSession("payments")
+
+
+def authorize(session: ResilientSession) -> requests.Response:
+    return session.request("POST", "/authorizations", json=BODY, idempotency_key="k-rp")
+
+
+def test_on_the_request_path_a_read_timeout_is_not_retried_and_fits_the_budget(session, payments):
+    payments.set_faults(latency_ms=800)
+    started = time.perf_counter()
+    with deadline.request_path(5.0), pytest.raises(requests.ReadTimeout):
+        authorize(session)
+    took = time.perf_counter() - started
+    assert payments.stats()["requests"] == 1  # one attempt, no retry of the read timeout
+    assert BUDGET_S - 0.05 <= took < BUDGET_S + 0.25  # the budget, not the 1 s read timeout
+
+
+def test_the_request_deadline_still_clips_a_larger_budget(session, payments):
+    payments.set_faults(latency_ms=800)
+    started = time.perf_counter()
+    with deadline.request_path(0.15), pytest.raises(requests.ReadTimeout):
+        authorize(session)
+    assert time.perf_counter() - started < BUDGET_S
+
+
+def test_off_the_request_path_the_call_gets_the_full_read_timeout(session, payments):
+    payments.set_faults(latency_ms=700)
+    started = time.perf_counter()
+    response = authorize(session)  # no request_path(): a background call
+    assert response.status_code == 201
+    assert time.perf_counter() - started >= 0.7
+
+
+def test_off_the_request_path_a_read_timeout_is_retried(session, payments, settings):
+    override_policy(settings, "payments", timeouts={"read_s": 0.2})
+    payments.set_faults(latency_ms=400)
+    with pytest.raises(requests.ReadTimeout):
+        ResilientSession("payments").request(
+            "POST", "/authorizations", json=BODY, idempotency_key="k-bg"
+        )
+    assert payments.stats()["requests"] == 3  # max_attempts: the background may wait
+
+
+def test_on_the_request_path_a_short_retry_after_503_is_retried_within_the_budget(
+    session, payments
+):
+    payments.set_faults(fail_first_n=1, error_status=503, retry_after=0)
+    with deadline.request_path(5.0):
+        response = authorize(session)
+    assert response.status_code == 201
+    assert payments.stats()["requests"] == 2
+
+
+def test_on_the_request_path_a_retry_after_beyond_the_budget_ends_the_call(session, payments):
+    payments.set_faults(fail_first_n=1, error_status=503, retry_after=1)  # 1 s > 0.4 s budget
+    started = time.perf_counter()
+    with deadline.request_path(5.0), pytest.raises(Exception, match="503"):
+        authorize(session)
+    assert payments.stats()["requests"] == 1
+    assert time.perf_counter() - started < BUDGET_S
+
+
+def test_on_the_request_path_a_refused_connection_is_retried(settings):
+    override_policy(
+        settings,
+        "payments",
+        base_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: connection refused
+        timeouts={"request_budget_s": BUDGET_S},
+        retry={"base_s": 0.001, "cap_s": 0.002, "budget_min_retries": 100},
+        breaker={"fail_max": 1000},
+    )
+    attempts: list[float] = []
+    client = ResilientSession("payments")
+    real = client._session
+
+    def counting():
+        attempts.append(time.perf_counter())
+        return real()
+
+    client._session = counting
+    with deadline.request_path(5.0), pytest.raises(requests.ConnectionError):
+        authorize(client)
+    assert len(attempts) == 3  # every attempt fitted in the budget
