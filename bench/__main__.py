@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.payments_budget",
     "bench.orders_idempotency",
     "bench.ratelimit",
+    "bench.slow_payments",
     "bench.webhooks_bulkhead",
 ]
 

@@ -28,6 +28,7 @@ from common.errors import ConflictError
 from orders.models import ORDER_TRANSITIONS, Order, OrderItem, OrderStatus
 from orders.payments import PAYMENTS_UNAVAILABLE, PaymentDeclinedError, payments_authorize
 from resilience import metrics
+from resilience.calls import REFUSALS
 from resilience.db_routing import current_alias
 from webhooks.services import outbox_emit
 
@@ -146,7 +147,10 @@ def _authorize(order: Order, *, retry: bool) -> tuple[str, dict[str, Any]]:
         logger.info("payment declined", extra={"order_id": str(order.id), "status": exc.status})
         return OrderStatus.FAILED, {}
     except PAYMENTS_UNAVAILABLE as exc:
-        return OrderStatus.PENDING_PAYMENT, {"reason": type(exc).__name__}
+        fields = {"reason": type(exc).__name__}
+        if isinstance(exc, REFUSALS):  # our own "not now": payments was not even called
+            fields["refused_for_s"] = getattr(exc, "retry_after_s", None) or 0.0
+        return OrderStatus.PENDING_PAYMENT, fields
     return OrderStatus.PAID, {"payment_authorization_id": authorization.id}
 
 
@@ -161,6 +165,7 @@ def _next_attempt_at(attempt: int) -> Any:
 def _settle(order: Order, status: str, fields: dict[str, Any], recovery: RecoveryLog) -> Order:
     """Phase 3: the outcome and the recovery point commit together."""
     reason = fields.pop("reason", None)
+    fields.pop("refused_for_s", None)
     if status == OrderStatus.PENDING_PAYMENT:
         metrics.DEGRADED_RESPONSES.labels("payments", "pending_payment").inc()
         logger.warning("payment deferred", extra={"order_id": str(order.id), "reason": reason})
@@ -224,6 +229,21 @@ def order_authorize_deferred(*, order_id: Any) -> Order:
         )
     status, fields = _authorize(order, retry=False)
     reason = fields.pop("reason", None)
+    refused_for_s = fields.pop("refused_for_s", None)
+    if refused_for_s is not None:
+        # The breaker or bulkhead refused: no attempt was made, so none is spent (an
+        # outage longer than the schedule must not fail orders); try again when the
+        # breaker lets calls through, jittered so the fleet does not come back at once.
+        delay = refused_for_s + random.uniform(0, settings.ORDERS_DEFERRED_PAYMENT_BASE_S)  # noqa: S311
+        Order.objects.filter(id=order.id, status=OrderStatus.PENDING_PAYMENT).update(
+            payment_attempts=order.payment_attempts,
+            next_payment_attempt_at=timezone.now() + timedelta(seconds=delay),
+        )
+        logger.info(
+            "deferred payment refused, rescheduled",
+            extra={"order_id": str(order.id), "reason": reason, "delay_s": round(delay, 2)},
+        )
+        return Order.objects.get(id=order.id)
     if status == OrderStatus.PENDING_PAYMENT:
         if order.payment_attempts + 1 >= settings.ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS:
             logger.warning("deferred payment gave up", extra={"order_id": str(order.id)})

@@ -8,9 +8,11 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from conftest import client_for, override_policy
 from orders.models import Order
@@ -203,3 +205,31 @@ def test_slow_payments_fill_the_bulkhead_and_only_payments_calls_wait(
     assert durations[3] < durations[-slots]
     assert budget <= durations[-1] < 0.8
     assert statistics.median(during) < 3 * statistics.median(baseline) + 0.05
+
+
+@pytest.mark.django_db
+def test_a_deferred_authorisation_refused_by_the_open_breaker_spends_no_attempt(
+    payments, settings, user
+):
+    """An outage longer than the schedule must not fail orders: refusals are not attempts."""
+    from orders.services import order_authorize_deferred
+
+    settings.ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS = 2
+    payments.set_faults(down=True)
+    status, body, _ = place(client_for(user))
+    assert (status, body["status"]) == (201, "pending_payment")
+    breaker("payments").force_open()
+    for _ in range(5):  # more refusals than the schedule allows attempts
+        Order.objects.filter(id=body["id"]).update(next_payment_attempt_at="2000-01-01T00:00Z")
+        order = order_authorize_deferred(order_id=body["id"])
+        assert order.status == "pending_payment"
+        assert order.payment_attempts == 0
+    # Rescheduled for when the breaker lets calls through, not on the attempt schedule.
+    open_for = timedelta(seconds=breaker("payments").open_remaining_s())
+    assert order.next_payment_attempt_at >= timezone.now() + open_for - timedelta(seconds=5)
+    assert payments.stats()["requests"] <= 3  # only the request path's own attempts
+
+    payments.set_faults(down=False)
+    breaker("payments").close()
+    Order.objects.filter(id=body["id"]).update(next_payment_attempt_at="2000-01-01T00:00Z")
+    assert order_authorize_deferred(order_id=body["id"]).status == "paid"

@@ -1,0 +1,233 @@
+"""Payments slowed to 800 ms while well-behaved clients place orders: do reads starve?
+
+The claim under test (issue "survive a slow dependency", adr/0007): with the shipped
+worker model and bulkhead, a slow provider holds only the bulkhead's threads, orders
+beyond it are answered at once as ``pending_payment`` and paid later by the background,
+and a reader's ``GET /api/v1/orders`` keeps its quiet latency. Without the patterns
+(``RESILIENCE_ENABLED=false``, same worker model) every order holds a thread for 800 ms.
+
+Each run starts the harness stack (chaos/scenarios/stack.py: gunicorn with the shipped
+``WEB_WORKERS`` x ``WEB_THREADS``, a Celery worker, the payments simulator) and:
+
+1. quiet: the reader alone (open loop, ``READ_RPS`` requests/s) for ``QUIET_S``;
+2. flood: payments at 800 ms, ``clients`` order clients in closed loop (each sends its
+   next order when the last one answered, honouring ``Retry-After`` on 429/503, as the
+   README asks clients to) beside the reader, for ``FLOOD_S``;
+3. heal: payments back to normal; wait (bounded) until no order is ``pending_payment``.
+
+It prints, per run, the reader's p50/p99 quiet and under the flood, the orders answered
+paid or deferred and how fast, and how many deferred orders the background paid. Two
+client counts: 16 (the figure first measured on the old 2 x 4 threads) and 1.5 x the
+web threads of the stack (so that without a bulkhead every thread could be waiting).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAYMENTS_LATENCY_MS = 800
+READ_RPS = 20
+QUIET_S = 5.0
+FLOOD_S = 15.0
+DRAIN_TIMEOUT_S = 60.0
+ORDER = {"currency": "EUR", "items": [{"sku": "bench-slow", "quantity": 1, "unit_price": 1999}]}
+
+
+@dataclass
+class Run:
+    label: str
+    clients: int
+    quiet: list[float] = field(default_factory=list)
+    flood: list[float] = field(default_factory=list)
+    read_errors: int = 0
+    orders: list[tuple[str, float]] = field(default_factory=list)  # (status, latency)
+    drained_s: float | None = None
+    still_pending: int = 0
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _read_loop(base_url, headers, stop: threading.Event, out: list[float], run: Run) -> None:
+    """Open loop: one GET every 1/READ_RPS s, each on its own thread, whatever the last did."""
+    from chaos.scenarios.client import request
+
+    def one() -> None:
+        answer = request("GET", f"{base_url}/api/v1/orders", headers=headers, timeout=10)
+        if answer.status == 200:
+            out.append(answer.latency_s)
+        else:
+            run.read_errors += 1
+
+    threads = []
+    next_at = time.monotonic()
+    while not stop.is_set():
+        thread = threading.Thread(target=one, daemon=True)
+        thread.start()
+        threads.append(thread)
+        next_at += 1 / READ_RPS
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    for thread in threads:
+        thread.join(12)
+
+
+def _order_loop(base_url, headers, stop: threading.Event, run: Run, lock) -> None:
+    """Closed loop, well behaved: a key per order, same key on retry, Retry-After honoured."""
+    from chaos.scenarios.client import request
+
+    while not stop.is_set():
+        key = str(uuid.uuid4())
+        for _ in range(5):
+            answer = request(
+                "POST",
+                f"{base_url}/api/v1/orders",
+                body=ORDER,
+                headers={**headers, "Idempotency-Key": key},
+                timeout=10,
+            )
+            if answer.status == 201:
+                with lock:
+                    run.orders.append((answer.body["status"], answer.latency_s))
+                break
+            wait = float(answer.retry_after or 1) if answer.status in (409, 429, 503) else 1.0
+            stop.wait(min(5.0, wait) * random.uniform(1.0, 1.2))  # noqa: S311 - jitter
+            if stop.is_set():
+                break
+
+
+def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
+    import os
+
+    from chaos.scenarios.stack import LocalStack
+    from chaos.scenarios.traffic import UserPool
+    from orders.models import Order, OrderStatus
+
+    run = Run("resilient" if resilient else "baseline", clients)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-slow-payments-") as workdir,
+        LocalStack(
+            database_url=database_url,
+            workdir=Path(workdir),
+            base_env={**os.environ},
+            resilience_enabled=resilient,
+        ) as endpoints,
+    ):
+        import json
+        import urllib.request
+
+        def faults(**values) -> None:
+            body = json.dumps(values).encode()
+            req = urllib.request.Request(  # noqa: S310 - loopback control port
+                f"{endpoints.payments_control_url}/control/faults",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=5):  # noqa: S310
+                pass
+
+        users = UserPool(endpoints.base_url).ensure(clients + 1)
+        reader = users[0].auth
+        lock = threading.Lock()
+
+        stop = threading.Event()
+        reader_thread = threading.Thread(
+            target=_read_loop, args=(endpoints.base_url, reader, stop, run.quiet, run)
+        )
+        reader_thread.start()
+        stop.wait(QUIET_S)
+        stop.set()
+        reader_thread.join(15)
+
+        faults(latency_ms=PAYMENTS_LATENCY_MS)
+        first_order = Order.objects.order_by("-created_at").values_list("created_at", flat=True)
+        since = first_order.first()
+        stop = threading.Event()
+        workers = [
+            threading.Thread(target=_order_loop, args=(endpoints.base_url, u.auth, stop, run, lock))
+            for u in users[1:]
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)  # let the flood reach its steady state before measuring reads
+        reader_thread = threading.Thread(
+            target=_read_loop, args=(endpoints.base_url, reader, stop, run.flood, run)
+        )
+        reader_thread.start()
+        stop.wait(FLOOD_S)
+        stop.set()
+        for thread in [reader_thread, *workers]:
+            thread.join(15)
+
+        faults(latency_ms=0)
+        placed = Order.objects.filter(created_at__gt=since) if since else Order.objects.all()
+        started = time.monotonic()
+        while time.monotonic() - started < DRAIN_TIMEOUT_S:
+            run.still_pending = placed.filter(status=OrderStatus.PENDING_PAYMENT).count()
+            if run.still_pending == 0:
+                run.drained_s = time.monotonic() - started
+                break
+            time.sleep(0.5)
+    return run
+
+
+def describe(run: Run) -> list[str]:
+    paid = [t for s, t in run.orders if s == "paid"]
+    deferred = [t for s, t in run.orders if s == "pending_payment"]
+    q50, q99 = quantile(run.quiet, 0.5) * 1000, quantile(run.quiet, 0.99) * 1000
+    f50, f99 = quantile(run.flood, 0.5) * 1000, quantile(run.flood, 0.99) * 1000
+    drained = (
+        f"all paid by the background {run.drained_s:.1f} s after the heal"
+        if run.drained_s is not None
+        else f"{run.still_pending} still pending after {DRAIN_TIMEOUT_S:g} s"
+    )
+    reads = (
+        f"{run.label:<9} {run.clients:>3} clients | GET /orders quiet p50 {q50:.0f} ms"
+        f" p99 {q99:.0f} ms | flood p50 {f50:.0f} ms p99 {f99:.0f} ms"
+        f" ({f99 / q99:.1f}x quiet p99; {run.read_errors} reads failed)"
+    )
+    paid_line = f"{len(paid)} paid" + (
+        f" (median {statistics.median(paid) * 1000:.0f} ms)" if paid else ""
+    )
+    deferred_line = f"{len(deferred)} deferred" + (
+        f" (median {statistics.median(deferred) * 1000:.0f} ms); {drained}" if deferred else ""
+    )
+    return [reads, f"{'':<13} orders: {paid_line}, {deferred_line}"]
+
+
+def main() -> None:
+    from bench.support import setup_django
+
+    setup_django()
+    from django.conf import settings
+    from django.db import connections
+
+    db = connections["default"].settings_dict
+    database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    threads = settings.WEB_WORKERS * settings.WEB_THREADS
+    print(
+        f"payments at {PAYMENTS_LATENCY_MS} ms; stack: {settings.WEB_WORKERS} web processes x"
+        f" {settings.WEB_THREADS} threads; payments bulkhead"
+        f" {settings.RESILIENCE['dependencies']['payments']['bulkhead']['max_concurrent']}"
+        f" per process; capacity for 800 ms orders without a bulkhead:"
+        f" {threads} threads / 0.8 s = {threads / 0.8:.0f} orders/s"
+    )
+    for clients in (16, int(threads * 1.5)):
+        for resilient in (True, False):
+            for line in describe(
+                one_run(resilient=resilient, clients=clients, database_url=database_url)
+            ):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
