@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench.ratelimit",
     "bench.slow_payments",
     "bench.webhooks_bulkhead",
+    "bench.worker_model",
 ]
 
 
