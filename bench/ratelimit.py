@@ -1,6 +1,6 @@
 """Rate limiting: its cost in the app, django-ratelimit's, and nginx limit_req's, one run.
 
-Starts one gunicorn server (2 workers x 4 threads, the production shape) with the
+Starts one gunicorn server (2 workers x `WEB_THREADS`, the production shape) with the
 benchmark endpoints of ``bench/ratelimit_urls.py`` and, when nginx is available, an
 nginx on loopback with ``deploy/nginx/ratelimit.conf`` in front of it. Then measures:
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from bench.loadgen import LoadResult, run_load
 from bench.support import BENCH_DATABASE_URL, BENCH_REDIS_URL
 from chaos.commands import GUNICORN_COMMAND
+from config.worker_model import WEB_THREADS
 from tests.processes import free_port, http_request, running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,6 @@ def gunicorn(port: int, workdir: Path):
             "RATELIMIT_CACHE_PREFIX": f"bench-fw-{uuid.uuid4().hex}",
             "WEB_PORT": str(port),
             "WEB_WORKERS": "2",
-            "WEB_THREADS": "4",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -342,7 +342,7 @@ def compare_gateway(base: str, gateway: str | None) -> None:
 
 def main() -> None:
     print(
-        f"gunicorn 2 workers x 4 threads; {CONCURRENCY} concurrent keep-alive clients;"
+        f"gunicorn 2 workers x {WEB_THREADS} threads; {CONCURRENCY} concurrent keep-alive clients;"
         f" {ROUNDS} interleaved rounds of {ROUND_S:.0f} s per endpoint (median shown)"
     )
     token = bench_token()

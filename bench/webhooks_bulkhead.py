@@ -1,8 +1,10 @@
 """Bulkhead proof: a flood of slow webhook deliveries must not slow ``GET /api/v1/orders``.
 
-Real processes: gunicorn (2 workers x 4 threads), a Celery worker consuming only
-``webhooks`` (prefork, 4 processes, ``background`` pool), the reference receiver in this
-process answering every delivery after ``RECEIVER_LATENCY_S``, Postgres and Redis.
+Real processes: gunicorn (the shipped `WEB_WORKERS` x `WEB_THREADS`), a Celery worker
+consuming only ``webhooks`` (prefork, 4 processes, ``background`` pool; at most 2
+deliveries to the one slow receiver at a time, its host's bulkhead), the reference
+receiver in this process answering every delivery after ``RECEIVER_LATENCY_S``, Postgres
+and Redis.
 
 The traffic: ``PINGS_PER_S`` pings per second through the API (open loop, every ping
 queues one delivery), while one client measures ``GET /api/v1/orders`` back to back.
@@ -44,6 +46,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from config.worker_model import WEB_THREADS, WEB_WORKERS, WORKER_WEBHOOKS_CONCURRENCY
 
 RECEIVER_LATENCY_S = 3.0
 PINGS_PER_S = 4.0
@@ -137,10 +141,7 @@ def run_mode(
         "RATELIMIT_ENABLED": "false",
         "WEBHOOKS_PING_RATE": "1000000/h",
         "WEB_WORKERS": "2",
-        "WEB_THREADS": "4",
         "WEB_PORT": str(port),
-        # Each slow call holds its slot: keep the per-target bulkhead out of the way.
-        "WEBHOOK_BULKHEAD_MAX": "64",
         "WEBHOOK_READ_TIMEOUT_S": str(RECEIVER_LATENCY_S + 5),
     }
     if not bulkheads:
@@ -232,7 +233,8 @@ def main() -> None:
 
     print(
         f"{PINGS_PER_S:g} pings/s, windows of {WINDOW_S:g} s; flood: receiver answers in "
-        f"{RECEIVER_LATENCY_S:g} s; gunicorn 2x4 threads; worker-webhooks prefork 4"
+        f"{RECEIVER_LATENCY_S:g} s; gunicorn {WEB_WORKERS}x{WEB_THREADS} threads;"
+        f" worker-webhooks prefork {WORKER_WEBHOOKS_CONCURRENCY}"
     )
     print(f"receiver: {json.dumps(received)}")
     verdicts = []

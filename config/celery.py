@@ -37,3 +37,27 @@ def _observe_tasks() -> None:
 
 
 _observe_tasks()
+
+
+def _refuse_to_start_on_failed_checks() -> None:
+    """A worker with settings the system checks reject stops before taking any task."""
+    from celery import signals
+
+    def check(**_: object) -> None:
+        import sys
+
+        from django.core.management.base import SystemCheckError
+
+        from resilience.checks import refuse_to_start_on_errors
+
+        try:
+            refuse_to_start_on_errors()
+        except SystemCheckError as exc:
+            # Celery logs and ignores an exception from a signal handler: exit instead.
+            print(exc, file=sys.stderr)
+            raise SystemExit(1) from exc
+
+    signals.worker_init.connect(check, weak=False)
+
+
+_refuse_to_start_on_failed_checks()

@@ -27,6 +27,19 @@ access_log_format = (
 )
 
 
+def on_starting(server):
+    """Refuse to start when the system checks fail (e.g. a bulkhead that cannot fill)."""
+    import django
+    from django.db import connections
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+    django.setup()
+    from resilience.checks import refuse_to_start_on_errors
+
+    refuse_to_start_on_errors()
+    connections.close_all()  # nothing of the master's is inherited by the workers
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the multiprocess metrics directory."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

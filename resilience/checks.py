@@ -108,3 +108,15 @@ def bulkhead_sizing_errors(
                 )
             )
     return errors
+
+
+def refuse_to_start_on_errors() -> None:
+    """Run the system checks; raise ``SystemCheckError`` when any is an error.
+
+    gunicorn and Celery do not run Django's checks at start-up (only ``manage.py``
+    commands do), so their start hooks call this: a bulkhead that could never fill, or
+    an unsafe policy, stops the process before it serves anything.
+    """
+    from django.core.management import call_command
+
+    call_command("check", fail_level="ERROR")

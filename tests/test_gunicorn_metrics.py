@@ -31,7 +31,10 @@ def test_metrics_aggregate_across_gunicorn_workers(tmp_path):
     env = child_environment(
         WEB_PORT=str(port),
         WEB_WORKERS="3",
-        WEB_THREADS="1",
+        # Few threads so that a burst spreads over the workers; the payments bulkhead is
+        # shrunk with them, or the sizing check would refuse to start (adr/0007).
+        WEB_THREADS="4",
+        PAYMENTS_BULKHEAD_MAX="2",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     command = GUNICORN_COMMAND
@@ -39,7 +42,7 @@ def test_metrics_aggregate_across_gunicorn_workers(tmp_path):
     made = 0
 
     def burst() -> bool:
-        """Nine concurrent clients against one-thread workers spread over the workers."""
+        """Nine concurrent clients against four-thread workers spread over the workers."""
         nonlocal made
         with ThreadPoolExecutor(max_workers=9) as pool:
             statuses = list(pool.map(lambda _: get(f"{base}/healthz")[0], range(45)))

@@ -71,7 +71,6 @@ def test_two_web_processes_share_one_limit_within_two_percent(tmp_path):
             env = child_environment(
                 WEB_PORT=str(port),
                 WEB_WORKERS="1",
-                WEB_THREADS="4",
                 PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
                 RATELIMIT_KEY_PREFIX=prefix,
                 RATELIMIT_POLICY_OVERRIDES=json.dumps(overrides),
@@ -125,7 +124,6 @@ def test_the_loadtest_command_reports_admitted_against_the_bucket(tmp_path):
     env = child_environment(
         WEB_PORT=str(port),
         WEB_WORKERS="2",
-        WEB_THREADS="4",
         RATELIMIT_KEY_PREFIX=f"loadtest-{uuid.uuid4().hex}",
         RATELIMIT_POLICY_OVERRIDES=json.dumps({"flood": {"capacity": 50, "refill_rate": 50}}),
     )

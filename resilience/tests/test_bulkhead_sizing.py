@@ -13,8 +13,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
+from chaos.commands import GUNICORN_COMMAND, celery_worker_command
 from conftest import override_policy
-from tests.processes import ROOT, VENV_BIN, child_environment
+from tests.processes import ROOT, VENV_BIN, child_environment, free_port
 
 
 def concurrency(settings, **kinds: int) -> None:
@@ -68,3 +69,23 @@ def test_start_up_fails_when_the_web_threads_cannot_fill_the_payments_bulkhead(t
     )
     assert (result.returncode != 0) is fails, result.stderr
     assert ("resilience.E009" in result.stderr) is fails
+
+
+def test_gunicorn_refuses_to_start_when_the_threads_cannot_fill_the_bulkhead(tmp_path):
+    """gunicorn runs no Django checks by itself: the start hook does (config/gunicorn.py)."""
+    env = child_environment(WEB_THREADS="4", WEB_PORT=str(free_port()))
+    result = subprocess.run(
+        GUNICORN_COMMAND, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "resilience.E009" in result.stderr
+
+
+def test_a_celery_worker_refuses_to_start_when_a_host_bulkhead_cannot_fill(tmp_path):
+    env = child_environment(WORKER_WEBHOOKS_CONCURRENCY="2")
+    command = celery_worker_command(queues="sizing-check", name=f"sizing-{tmp_path.name}")
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "resilience.E008" in result.stderr
