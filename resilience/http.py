@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 
 from common.request_context import current_request_id
 from resilience.calls import call
+from resilience.db import release_idle_connections
 from resilience.policies import TimeoutPolicy, get_policy
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -157,6 +158,8 @@ class ResilientSession:
                 raise DownstreamHTTPError(self.dependency, response)
             return response
 
+        # Never hold a pooled database connection while waiting on this dependency.
+        release_idle_connections()
         return call(
             self.dependency,
             attempt,

@@ -120,8 +120,9 @@ DATABASE_URL = env("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/r
 
 DB_CONNECT_TIMEOUT_S = env("DB_CONNECT_TIMEOUT_S", default=2, cast=int)  # libpq minimum is 2
 DB_REQUEST_POOL_MIN = env("DB_REQUEST_POOL_MIN", default=2, cast=int)
-# One connection per web thread (adr/0007): a thread that waits on payments keeps its
-# connection checked out, and must not make the other threads wait for the pool.
+# One per web thread (adr/0007), so the pool never queues a thread that has work for
+# Postgres behind others; a thread gives its connection back before it waits on an HTTP
+# dependency (resilience.http), so the pool only grows with the queries really running.
 DB_REQUEST_POOL_MAX = env("DB_REQUEST_POOL_MAX", default=WEB_THREADS, cast=int)
 # How long a request waits for a pooled connection before failing fast (503). The
 # psycopg default of 30 s turns a Postgres outage into 30 s hangs.

@@ -114,3 +114,32 @@ def test_on_the_request_path_a_refused_connection_is_retried(settings):
     with deadline.request_path(5.0), pytest.raises(requests.ConnectionError):
         authorize(client)
     assert len(attempts) == 3  # every attempt fitted in the budget
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_thread_waiting_on_a_dependency_holds_no_database_connection(session, payments):
+    """The pool is shared by the threads: a slow provider must not hold its connections."""
+    import threading
+
+    from django.db import connections
+
+    from accounts.models import User
+
+    payments.set_faults(latency_ms=300)
+    User.objects.count()  # this thread now has a pooled connection checked out
+    pool = connections["default"].pool
+    assert connections["default"].connection is not None
+    during: dict[str, int] = {}
+
+    def look() -> None:
+        stats = pool.get_stats()
+        during["in_use"] = stats["pool_size"] - stats["pool_available"]
+
+    probe = threading.Timer(0.15, look)
+    probe.start()
+    with deadline.request_path(5.0):
+        assert authorize(session).status_code == 201
+    probe.join(5)
+    assert during["in_use"] == 0  # given back while payments took its time
+    assert connections["default"].connection is None
+    assert User.objects.count() >= 0  # and the next query simply checks one out again
