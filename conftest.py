@@ -93,6 +93,13 @@ def no_rate_limits(settings):
 
 
 @pytest.fixture
+def no_load_shedding(settings):
+    """For tests about other patterns that send more concurrent requests into this one
+    process than a web process has threads (where shedding is right, but not under test)."""
+    settings.RESILIENCE_CONCURRENCY = {**settings.RESILIENCE_CONCURRENCY, "enabled": False}
+
+
+@pytest.fixture
 def payments(settings):
     """A real payments service on free ports, with the app's payments policy aimed at it."""
     from chaos.payments import PaymentsService

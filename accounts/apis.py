@@ -16,9 +16,11 @@ from accounts.serializers import (
     TokenOutputSerializer,
     UserOutputSerializer,
 )
+from resilience.concurrency import priority
 from resilience.ratelimit.throttles import LoginThrottle, SignupThrottle
 
 
+@priority("normal")
 class SignupApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -32,6 +34,7 @@ class SignupApi(APIView):
         return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
+@priority("critical")
 class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]

@@ -32,6 +32,8 @@ def preinitialise() -> None:
     from resilience.policies import all_policies
 
     for name, policy in all_policies().items():
+        if policy.bulkhead is not None and policy.bulkhead.scope == "fleet":
+            metrics.BULKHEAD_FALLBACK.labels(name)
         if name in TEMPLATES:
             continue
         metrics.DEADLINE_EXCEEDED.labels(name)
@@ -47,10 +49,24 @@ def preinitialise() -> None:
             metrics.BULKHEAD_IN_USE.labels(name).set(0)
             metrics.BULKHEAD_REJECTED.labels(name)
     _preinitialise_webhooks()
+    _preinitialise_concurrency()
     try:
         known_breakers()  # each Breaker sets its state gauge when built
     except Exception:  # metrics must never stop a process from serving
         logger.warning("breaker state gauges not initialised", exc_info=True)
+
+
+def _preinitialise_concurrency() -> None:
+    # Every shed series exists from the first scrape (the LoadSheddingActive alert uses
+    # increase()); the latencies read 0 until the first window of requests is measured.
+    from resilience.concurrency import PRIORITIES, SHED_REASONS, limiter
+
+    for level in PRIORITIES:
+        for reason in SHED_REASONS:
+            metrics.CONCURRENCY_SHED.labels(level, reason)
+    metrics.CONCURRENCY_LIMIT.set(limiter().limit)
+    for window in ("short", "long"):
+        metrics.CONCURRENCY_RTT.labels(window).set(0)
 
 
 def _preinitialise_webhooks() -> None:

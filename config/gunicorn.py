@@ -11,7 +11,8 @@ from config.worker_model import WEB_THREADS, WEB_WORKERS
 
 bind = f"{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}"
 workers = WEB_WORKERS
-worker_class = "gthread"
+# gthread, measuring each request's wait for a thread (queue-time shedding, adr/0010).
+worker_class = "resilience.gunicorn_worker.QueueTimedThreadWorker"
 threads = WEB_THREADS
 # A request that outlives this is killed; the request deadline (settings) is shorter.
 timeout = int(os.environ.get("WEB_TIMEOUT_S", "30"))

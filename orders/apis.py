@@ -19,6 +19,7 @@ from orders.serializers import (
     OrderReportInputSerializer,
     OrderReportOutputSerializer,
 )
+from resilience.concurrency import priority
 from resilience.idempotency import idempotent
 from resilience.ratelimit.throttles import OrderCreateThrottle, OrderReportThrottle
 from resilience.stale import read_through
@@ -35,6 +36,7 @@ def order_created_response(order) -> Response:
     )
 
 
+@priority("normal", POST="critical")
 class OrderListCreateApi(APIView):
     throttle_classes = [OrderCreateThrottle]  # POST only
 
@@ -64,6 +66,7 @@ class OrderListCreateApi(APIView):
         return paginated_response(request, self, orders, OrderOutputSerializer)
 
 
+@priority("critical")
 class OrderDetailApi(APIView):
     @extend_schema(responses={200: OrderOutputSerializer})
     def get(self, request: Request, order_id: UUID) -> Response:
@@ -81,6 +84,7 @@ class OrderDetailApi(APIView):
         return Response(read.value, headers=read.headers())
 
 
+@priority("best_effort")
 class OrderReportApi(APIView):
     throttle_classes = [OrderReportThrottle]
 

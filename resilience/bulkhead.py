@@ -138,7 +138,8 @@ class FleetBulkhead(Bulkhead):
             )
         except (redis.RedisError, BreakerOpenError):
             # Redis is out: bound this process alone rather than refuse all work.
-            metrics.BULKHEAD_FALLBACK.labels(self.name).inc()
+            # Labelled by template (webhook, not webhook:<host>): one series to alert on.
+            metrics.BULKHEAD_FALLBACK.labels(self.name.split(":", 1)[0]).inc()
             return _LOCAL_FALLBACK if super()._acquire() is not None else None
         return token if taken == 1 else None
 

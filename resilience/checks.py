@@ -120,3 +120,31 @@ def refuse_to_start_on_errors() -> None:
     from django.core.management import call_command
 
     call_command("check", fail_level="ERROR")
+
+
+@register()
+def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
+    """``RESILIENCE_CONCURRENCY``: a known mode, sane bounds, shares that fit the limit."""
+    from resilience.concurrency import PRIORITIES
+
+    raw = getattr(settings, "RESILIENCE_CONCURRENCY", None)
+    if not isinstance(raw, dict):
+        return [Error("settings.RESILIENCE_CONCURRENCY must be a dict.", id="resilience.E010")]
+    problems = []
+    if raw.get("mode") not in ("adaptive", "static"):
+        problems.append(f"mode must be 'adaptive' or 'static', not {raw.get('mode')!r}")
+    low, start, high = raw.get("min_limit"), raw.get("initial_limit"), raw.get("max_limit")
+    if not all(isinstance(v, int) for v in (low, start, high)) or not 1 <= low <= start <= high:
+        problems.append("limits must be whole numbers with 1 <= min <= initial <= max")
+    if not isinstance(raw.get("static_limit"), int) or raw["static_limit"] < 1:
+        problems.append("static_limit must be a whole number of at least 1")
+    classes = raw.get("priorities", {})
+    if set(classes) != set(PRIORITIES):
+        problems.append(f"priorities must be exactly {list(PRIORITIES)}")
+    elif sum(c["share"] for c in classes.values()) > 1 + 1e-9:
+        problems.append("the priority shares add up to more than the whole limit")
+    elif any(c["queue_budget_s"] <= 0 for c in classes.values()):
+        problems.append("every priority's queue_budget_s must be above 0")
+    if raw.get("default_priority") not in PRIORITIES:
+        problems.append(f"default_priority must be one of {list(PRIORITIES)}")
+    return [Error(f"RESILIENCE_CONCURRENCY: {p}.", id="resilience.E011") for p in problems]

@@ -77,3 +77,27 @@ DEGRADED_RESPONSES = Counter(
     "Requests answered in a documented degraded mode instead of failing.",
     ["dependency", "mode"],
 )
+
+CONCURRENCY_LIMIT = Gauge(
+    "resilience_concurrency_limit",
+    "Requests a web process admits at once (adaptive concurrency limit), summed per node.",
+    multiprocess_mode="livesum",
+)
+CONCURRENCY_IN_FLIGHT = Gauge(
+    "resilience_concurrency_in_flight",
+    "Requests being served under the concurrency limit now, summed over live processes.",
+    multiprocess_mode="livesum",
+)
+CONCURRENCY_SHED = Counter(
+    "resilience_concurrency_shed_total",
+    "Requests shed with 503 overloaded, by priority class and reason"
+    " (limit, priority, queue_time).",
+    ["priority", "reason"],
+)
+CONCURRENCY_RTT = Gauge(
+    "resilience_concurrency_rtt_seconds",
+    "Mean request latency the adaptive limit follows: the last window (short) and its"
+    " long-term average (long).",
+    ["window"],
+    multiprocess_mode="livemax",
+)

@@ -25,6 +25,7 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 PATTERN_ROWS = (
     "Rate limiting",
+    "Load shedding",
     "Idempotency",
     "Retries and budgets",
     "Circuit breakers",

@@ -20,7 +20,7 @@ from resilience.policies import get_policy
 from tests.concurrency import client_with_token, run_threads
 from webhooks.models import OutboxEvent
 
-pytestmark = pytest.mark.usefixtures("no_rate_limits")
+pytestmark = pytest.mark.usefixtures("no_rate_limits", "no_load_shedding")
 
 ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 2, "unit_price": 1250}]}
 

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.pagination import PAGE_PARAMETERS, paginated_response
+from resilience.concurrency import priority
 from resilience.ratelimit.business import business_ratelimit
 from webhooks import selectors, services
 from webhooks.serializers import (
@@ -75,6 +76,7 @@ class EndpointPingApi(APIView):
         return Response(DeliveryOutputSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
 
 
+@priority("best_effort")
 class DeliveryListApi(APIView):
     @extend_schema(
         parameters=[DeliveryListInputSerializer, *PAGE_PARAMETERS],

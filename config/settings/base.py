@@ -69,6 +69,9 @@ MIDDLEWARE = [
     # Global per-IP flood limit before authentication; also writes the RateLimit fields
     # for the DRF throttles' policies (adr/0004).
     "resilience.ratelimit.middleware.RateLimitMiddleware",
+    # Adaptive concurrency limit with priority classes, after the flood limit and before
+    # any view work: sheds what exceeds the limit with a cheap 503 (adr/0010).
+    "resilience.concurrency.ConcurrencyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves admin and API-docs assets from gunicorn itself (no separate web server).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -481,6 +484,51 @@ RESILIENCE = {
             },
         },
     },
+}
+
+# --- Load shedding: adaptive concurrency limit per web process (adr/0010) -----------------
+# Requests in flight per process never exceed the threads (WEB_THREADS), so the limit
+# lives between CONCURRENCY_MIN_LIMIT and the threads; the static mode (for comparison)
+# fixes it. Each priority class has a guaranteed share of the limit and a queue budget:
+# a request that waited longer than that before a thread took it is shed at once.
+RESILIENCE_CONCURRENCY = {
+    "enabled": env("CONCURRENCY_LIMIT_ENABLED", default=True, cast=bool),
+    "mode": env("CONCURRENCY_LIMIT_MODE", default="adaptive"),
+    "initial_limit": WEB_THREADS,
+    "min_limit": env("CONCURRENCY_MIN_LIMIT", default=4, cast=int),
+    "max_limit": WEB_THREADS,
+    "static_limit": env("CONCURRENCY_STATIC_LIMIT", default=WEB_THREADS, cast=int),
+    # Gradient2 (Netflix concurrency-limits): limit x clamp(tolerance x long/short RTT,
+    # 0.5, 1) + queue_size, smoothed, once per window of completed requests; the long
+    # RTT is an exponential average over long_window_samples windows (Netflix: 600).
+    "gradient": {
+        "tolerance": env("CONCURRENCY_RTT_TOLERANCE", default=1.5, cast=float),
+        "smoothing": env("CONCURRENCY_SMOOTHING", default=0.2, cast=float),
+        "window_s": env("CONCURRENCY_WINDOW_S", default=0.25, cast=float),
+        "min_window_samples": 8,
+        "long_window_samples": 600,
+        "queue_size": 4.0,
+    },
+    "priorities": {
+        "critical": {
+            "share": 0.5,
+            "queue_budget_s": env("CONCURRENCY_CRITICAL_QUEUE_S", default=1.0, cast=float),
+        },
+        "normal": {
+            "share": 0.3,
+            "queue_budget_s": env("CONCURRENCY_NORMAL_QUEUE_S", default=0.5, cast=float),
+        },
+        "best_effort": {
+            "share": 0.2,
+            "queue_budget_s": env("CONCURRENCY_BEST_EFFORT_QUEUE_S", default=0.25, cast=float),
+        },
+    },
+    "default_priority": "normal",
+    # Probes and scrapes must answer under overload; static files cost nothing.
+    "exempt_paths": ["/healthz", "/readyz", "/metrics", "/static/"],
+    # Retry-After of a shed request: this plus uniform(0, jitter), rounded up.
+    "retry_after_s": env("CONCURRENCY_RETRY_AFTER_S", default=1.0, cast=float),
+    "retry_after_jitter_s": env("CONCURRENCY_RETRY_AFTER_JITTER_S", default=2.0, cast=float),
 }
 
 # --- Idempotency keys (resilience.idempotency; docs/patterns/idempotency-keys.md) ---------

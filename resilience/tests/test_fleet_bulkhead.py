@@ -131,10 +131,10 @@ def test_while_redis_is_out_each_process_bounds_itself(own_redis, monkeypatch):
     with here.slot():
         assert here.in_use() == 1
     own_redis.kill()
-    fallbacks = metrics.BULKHEAD_FALLBACK.labels(name)._value.get()
+    fallbacks = metrics.BULKHEAD_FALLBACK.labels("webhook")._value.get()
     with here.slot(), here.slot(), pytest.raises(BulkheadFullError), here.slot():
         pass  # two local slots held, the third refused
-    assert metrics.BULKHEAD_FALLBACK.labels(name)._value.get() > fallbacks
+    assert metrics.BULKHEAD_FALLBACK.labels("webhook")._value.get() > fallbacks
 
 
 def test_the_webhook_template_gives_each_host_its_own_fleet_bulkhead():

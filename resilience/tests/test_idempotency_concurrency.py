@@ -29,7 +29,11 @@ from resilience.tests.idempotency_helpers import (
 from tests.concurrency import JOIN_TIMEOUT_S, client_with_token, run_threads
 from tests.processes import wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(URLS)]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.urls(URLS),
+    pytest.mark.usefixtures("no_load_shedding"),
+]
 
 CONCURRENCY = 50
 

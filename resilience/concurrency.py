@@ -1,0 +1,361 @@
+"""Adaptive concurrency limit and priority load shedding for the request path (adr/0010).
+
+Per-client token buckets cannot help when more legitimate clients arrive than the
+service can serve at once: every excess request waits in the server's queue until the
+whole service is slow for everyone. This middleware counts the requests in flight in
+its process and refuses, with a cheap ``503`` problem+json (code ``overloaded``) and a
+jittered ``Retry-After``, what exceeds the limit, before authentication or any view
+work:
+
+* **The limit adapts** (Netflix concurrency-limits' Gradient2): per window of completed
+  requests, ``gradient = clamp(tolerance x long RTT / short RTT, 0.5, 1)`` and
+  ``limit = limit x gradient + queue_size`` (smoothed, within ``min_limit`` and
+  ``max_limit``). While latency stays near its long-term average the limit grows by the
+  queue allowance; when latency rises it shrinks. The long average forgets a past
+  overload quickly (it decays when it is twice the short one). ``mode: "static"`` keeps
+  the limit fixed for comparison.
+* **Priorities** (``critical``, ``normal``, ``best_effort``): each has a guaranteed share
+  of the limit. A class under its share is admitted while the process is under its
+  limit; above its share it may only use slots that no higher class is owed, so under
+  pressure ``best_effort`` is shed first and ``critical`` last. A view declares its
+  class with one line: ``@priority("best_effort")``, or per method
+  ``@priority("normal", POST="critical")``.
+* **Queue time**: a request that already waited longer than its class's budget before
+  reaching Django (``X-Request-Start: t=<epoch seconds>`` set by the gateway, or the
+  wait in gunicorn's thread queue measured by ``resilience.gunicorn_worker``) is shed at
+  once instead of being served late (Facebook's "Fail at Scale" queue budget).
+
+Why our own code: no maintained Python library implements adaptive concurrency for
+WSGI (the reference implementations are Java, Go and Envoy's C++).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from resilience import metrics
+
+PRIORITIES = ("critical", "normal", "best_effort")  # highest first
+SHED_REASONS = ("limit", "priority", "queue_time")
+QUEUE_START_HEADERS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
+V = TypeVar("V")
+LONG_RTT_WARMUP_WINDOWS = 10
+
+_queue_wait = threading.local()
+
+
+def set_queue_wait(seconds: float | None) -> None:
+    """Record how long the current thread's request waited before it ran (server hook)."""
+    _queue_wait.seconds = seconds
+
+
+def priority(default: str, **by_method: str) -> Callable[[V], V]:
+    """Declare a view's priority class: ``@priority("normal", POST="critical")``."""
+    for level in (default, *by_method.values()):
+        if level not in PRIORITIES:
+            raise ValueError(f"unknown priority {level!r}; one of {PRIORITIES}")
+    declared = {"*": default, **{method.upper(): level for method, level in by_method.items()}}
+
+    def mark(view: V) -> V:
+        view.resilience_priority = declared  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def priority_of(view_func: Any, method: str) -> str:
+    """The class a request to ``view_func`` belongs to (DRF and Django class views too)."""
+    declared = getattr(view_func, "resilience_priority", None)
+    for attr in ("cls", "view_class"):  # DRF's as_view() and Django's keep the class here
+        if declared is None and hasattr(view_func, attr):
+            declared = getattr(getattr(view_func, attr), "resilience_priority", None)
+    if declared is None:
+        return config().default_priority
+    return declared.get(method.upper(), declared["*"])
+
+
+# --- Configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    enabled: bool
+    mode: str  # adaptive | static
+    initial_limit: int
+    min_limit: int
+    max_limit: int
+    static_limit: int
+    tolerance: float
+    smoothing: float
+    window_s: float
+    min_window_samples: int
+    long_window_samples: int
+    queue_size: float
+    shares: dict[str, float]
+    queue_budgets_s: dict[str, float]
+    default_priority: str
+    exempt_paths: tuple[str, ...]
+    retry_after_s: float
+    retry_after_jitter_s: float
+
+
+_config: Config | None = None
+
+
+def config() -> Config:
+    global _config  # noqa: PLW0603 - built once per process from settings
+    if _config is None:
+        raw = settings.RESILIENCE_CONCURRENCY
+        gradient = raw["gradient"]
+        classes = raw["priorities"]
+        _config = Config(
+            enabled=raw["enabled"] and settings.RESILIENCE_ENABLED,
+            mode=raw["mode"],
+            initial_limit=raw["initial_limit"],
+            min_limit=raw["min_limit"],
+            max_limit=raw["max_limit"],
+            static_limit=raw["static_limit"],
+            tolerance=gradient["tolerance"],
+            smoothing=gradient["smoothing"],
+            window_s=gradient["window_s"],
+            min_window_samples=gradient["min_window_samples"],
+            long_window_samples=gradient["long_window_samples"],
+            queue_size=gradient["queue_size"],
+            shares={name: classes[name]["share"] for name in PRIORITIES},
+            queue_budgets_s={name: classes[name]["queue_budget_s"] for name in PRIORITIES},
+            default_priority=raw["default_priority"],
+            exempt_paths=tuple(raw["exempt_paths"]),
+            retry_after_s=raw["retry_after_s"],
+            retry_after_jitter_s=raw["retry_after_jitter_s"],
+        )
+    return _config
+
+
+# --- The adaptive limit -----------------------------------------------------------------
+
+
+class Gradient2Limit:
+    """Netflix's Gradient2: the limit follows the ratio of long-term to recent latency."""
+
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.limit = float(cfg.initial_limit)
+        self.long_rtt: float | None = None
+        self.short_rtt: float | None = None
+        self._clock = clock
+        self._window_started = clock()
+        self._window: list[float] = []
+        self._long_count = 0
+
+    def sample(self, rtt_s: float, in_flight: int) -> None:
+        """One completed request; moves the limit once per window of samples."""
+        self._window.append(rtt_s)
+        now = self._clock()
+        if now - self._window_started < self.cfg.window_s:
+            return
+        if len(self._window) < self.cfg.min_window_samples:
+            return
+        short = sum(self._window) / len(self._window)
+        self._window.clear()
+        self._window_started = now
+        self._update(short, in_flight)
+
+    def _update(self, short: float, in_flight: int) -> None:
+        cfg = self.cfg
+        self.short_rtt = short
+        self._long_count += 1
+        if self.long_rtt is None:
+            self.long_rtt = short
+        elif self._long_count <= LONG_RTT_WARMUP_WINDOWS:
+            # Warm-up: a plain mean of the first windows, as Netflix's ExpAvgMeasurement.
+            self.long_rtt += (short - self.long_rtt) / self._long_count
+        else:
+            factor = 2 / (cfg.long_window_samples + 1)
+            self.long_rtt = self.long_rtt * (1 - factor) + short * factor
+        if self.long_rtt / short > 2:
+            # Latency fell far below the long average (an overload ended): forget faster.
+            self.long_rtt *= 0.95
+        # Do not grow a limit the traffic is not using (application-limited).
+        if in_flight < self.limit / 2:
+            return
+        gradient = max(0.5, min(1.0, cfg.tolerance * self.long_rtt / short))
+        target = self.limit * gradient + cfg.queue_size
+        smoothed = self.limit * (1 - cfg.smoothing) + target * cfg.smoothing
+        self.limit = max(float(cfg.min_limit), min(float(cfg.max_limit), smoothed))
+
+
+# --- Partitions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # limit | priority | queue_time
+    priority: str
+
+
+class ConcurrencyLimiter:
+    """In-flight requests of one process, by priority class, under one limit."""
+
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.gradient = Gradient2Limit(cfg, clock=clock)
+        self.in_flight = dict.fromkeys(PRIORITIES, 0)
+        self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> int:
+        if self.cfg.mode == "static":
+            return self.cfg.static_limit
+        return max(1, math.floor(self.gradient.limit))
+
+    def _guaranteed(self, level: str, limit: int) -> int:
+        return max(1, math.floor(limit * self.cfg.shares[level]))
+
+    def try_acquire(self, level: str) -> Refusal | None:
+        """Take a slot for a request of class ``level``, or say why not."""
+        with self._lock:
+            limit = self.limit
+            total = sum(self.in_flight.values())
+            if total >= limit:
+                return Refusal("limit", level)
+            if self.in_flight[level] >= self._guaranteed(level, limit):
+                # Borrowing: leave free the slots higher classes are owed and not using.
+                owed = sum(
+                    max(0, self._guaranteed(higher, limit) - self.in_flight[higher])
+                    for higher in PRIORITIES[: PRIORITIES.index(level)]
+                )
+                if limit - total - owed <= 0:
+                    return Refusal("priority", level)
+            self.in_flight[level] += 1
+            return None
+
+    def release(self, level: str, rtt_s: float | None) -> None:
+        """Give the slot back; ``rtt_s`` (served requests only) feeds the adaptive limit."""
+        with self._lock:
+            in_flight = sum(self.in_flight.values())
+            self.in_flight[level] -= 1
+            if rtt_s is not None and self.cfg.mode == "adaptive":
+                self.gradient.sample(rtt_s, in_flight)
+
+
+_limiter: ConcurrencyLimiter | None = None
+_limiter_lock = threading.Lock()
+
+
+def limiter() -> ConcurrencyLimiter:
+    """This process's limiter (built on first use)."""
+    global _limiter  # noqa: PLW0603 - one per process
+    with _limiter_lock:
+        if _limiter is None:
+            _limiter = ConcurrencyLimiter(config())
+        return _limiter
+
+
+def reset() -> None:
+    """Forget the configuration and the limiter (tests change the settings)."""
+    global _config, _limiter  # noqa: PLW0603
+    with _limiter_lock:
+        _config = None
+        _limiter = None
+
+
+# --- Queue time -------------------------------------------------------------------------
+
+
+def queue_wait_s(request: HttpRequest, *, now: float | None = None) -> float | None:
+    """How long the request waited before reaching Django, if anyone measured it.
+
+    The gateway's ``X-Request-Start: t=<epoch seconds>`` (nginx ``t=${msec}``) covers
+    every queue after the gateway; without it, the wait in gunicorn's thread queue
+    (``resilience.gunicorn_worker``). Absurd values (clock skew, a client's own header)
+    are ignored rather than trusted.
+    """
+    for header in QUEUE_START_HEADERS:
+        raw = request.META.get(header)
+        if raw:
+            try:
+                started = float(raw.strip().removeprefix("t="))
+            except ValueError:
+                continue
+            if started > 1e11:  # milliseconds or microseconds since the epoch
+                started /= 1000 if started < 1e14 else 1_000_000
+            waited = (time.time() if now is None else now) - started
+            if 0 <= waited < 60:
+                return waited
+    return getattr(_queue_wait, "seconds", None)
+
+
+# --- The middleware ---------------------------------------------------------------------
+
+
+class ConcurrencyLimitMiddleware:
+    """Admit, or shed at once, every request by its view's priority class."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = None
+        try:
+            response = self.get_response(request)
+            return response
+        finally:
+            admitted = getattr(request, "_concurrency_admitted", None)
+            if admitted is not None:
+                level, started = admitted
+                served = response is not None and response.status_code < 500
+                state = limiter()
+                state.release(level, time.monotonic() - started if served else None)
+                metrics.CONCURRENCY_IN_FLIGHT.dec()
+                _export(state)
+
+    def process_view(self, request: HttpRequest, view_func: Any, *_: Any) -> HttpResponse | None:
+        cfg = config()
+        if not cfg.enabled or request.path.startswith(cfg.exempt_paths):
+            return None
+        level = priority_of(view_func, request.method or "GET")
+        waited = queue_wait_s(request)
+        if waited is not None and waited > cfg.queue_budgets_s[level]:
+            return shed(request, Refusal("queue_time", level))
+        refusal = limiter().try_acquire(level)
+        if refusal is not None:
+            return shed(request, refusal)
+        request._concurrency_admitted = (level, time.monotonic())  # type: ignore[attr-defined]
+        metrics.CONCURRENCY_IN_FLIGHT.inc()
+        return None
+
+
+def _export(state: ConcurrencyLimiter) -> None:
+    """The limit and the latencies it follows, for the dashboard and the alert."""
+    metrics.CONCURRENCY_LIMIT.set(state.limit)
+    if state.gradient.short_rtt is not None:
+        metrics.CONCURRENCY_RTT.labels("short").set(state.gradient.short_rtt)
+        metrics.CONCURRENCY_RTT.labels("long").set(state.gradient.long_rtt or 0.0)
+
+
+def shed(request: HttpRequest, refusal: Refusal) -> HttpResponse:
+    """The documented answer to a shed request: 503 ``overloaded``, jittered Retry-After."""
+    from common.responses import problem_response
+
+    cfg = config()
+    metrics.CONCURRENCY_SHED.labels(refusal.priority, refusal.reason).inc()
+    # Whole seconds (RFC 9110), spread so shed clients do not all come back together.
+    retry_after = math.ceil(cfg.retry_after_s + random.uniform(0, cfg.retry_after_jitter_s))  # noqa: S311
+    return problem_response(
+        request,
+        status=503,
+        code="overloaded",
+        title="Service overloaded",
+        detail="The service is at capacity; retry after the delay in Retry-After.",
+        headers={"Retry-After": str(retry_after)},
+        extra={"priority": refusal.priority, "reason": refusal.reason},
+    )

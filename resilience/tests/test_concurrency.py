@@ -1,0 +1,178 @@
+"""Adaptive concurrency limit, priority partitions and queue-time shedding (adr/0010)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+from django.test import Client, RequestFactory
+
+from conftest import client_for
+from resilience import concurrency
+from resilience.concurrency import ConcurrencyLimiter, Gradient2Limit, priority_of
+
+pytestmark = pytest.mark.usefixtures("no_rate_limits")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def cfg(settings):
+    concurrency.reset()
+    return dataclasses.replace(concurrency.config(), min_limit=2, max_limit=32, initial_limit=16)
+
+
+def run_windows(limit: Gradient2Limit, clock: Clock, rtt_s: float, windows: int) -> list[float]:
+    """Feed ``windows`` windows of requests of ``rtt_s``, with the limit fully used."""
+    seen = []
+    for _ in range(windows):
+        for _ in range(limit.cfg.min_window_samples):
+            limit.sample(rtt_s, in_flight=int(limit.limit))
+        clock.now += limit.cfg.window_s
+        limit.sample(rtt_s, in_flight=int(limit.limit))
+        seen.append(limit.limit)
+    return seen
+
+
+def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises(cfg):
+    clock = Clock()
+    limit = Gradient2Limit(cfg, clock=clock)
+    grown = run_windows(limit, clock, 0.010, 40)
+    assert grown[-1] == cfg.max_limit  # headroom: up to the bound
+    shrunk = run_windows(limit, clock, 0.080, 30)  # latency x8: queueing somewhere
+    assert shrunk[-1] < grown[-1] / 2
+    assert shrunk[-1] >= cfg.min_limit
+
+
+def test_after_an_overload_the_limit_recovers_within_a_bounded_number_of_windows(cfg):
+    clock = Clock()
+    limit = Gradient2Limit(cfg, clock=clock)
+    run_windows(limit, clock, 0.010, 20)
+    run_windows(limit, clock, 0.200, 40)  # a long overload drags the long average up
+    low = limit.limit
+    recovered = run_windows(limit, clock, 0.010, 60)
+    back = next(i for i, value in enumerate(recovered) if value >= cfg.max_limit * 0.9)
+    assert low < cfg.max_limit / 2
+    assert back * cfg.window_s <= 10  # seconds of healthy traffic to recover
+
+
+def test_an_unused_limit_does_not_grow(cfg):
+    clock = Clock()
+    limit = Gradient2Limit(cfg, clock=clock)
+    for _ in range(40):
+        for _ in range(cfg.min_window_samples + 1):
+            limit.sample(0.010, in_flight=1)  # far below half the limit
+        clock.now += cfg.window_s
+    assert limit.limit == cfg.initial_limit
+
+
+def test_static_mode_keeps_its_limit(cfg):
+    static = ConcurrencyLimiter(dataclasses.replace(cfg, mode="static", static_limit=3))
+    assert [static.try_acquire("critical") for _ in range(3)] == [None] * 3
+    assert static.try_acquire("critical").reason == "limit"
+
+
+def test_lower_classes_borrow_idle_slots_but_never_the_ones_higher_classes_are_owed(cfg):
+    # limit 10: critical is owed 5, normal 3, best-effort 2.
+    limiter = ConcurrencyLimiter(dataclasses.replace(cfg, mode="static", static_limit=10))
+    admitted = [limiter.try_acquire("best_effort") for _ in range(3)]
+    assert admitted[:2] == [None, None]  # its own share
+    assert admitted[2].reason == "priority"  # the other 8 are owed to critical and normal
+    assert [limiter.try_acquire("normal") for _ in range(3)] == [None] * 3
+    # Normal beyond its share may use what critical is not owed: nothing is left.
+    assert limiter.try_acquire("normal").reason == "priority"
+    assert [limiter.try_acquire("critical") for _ in range(5)] == [None] * 5
+    assert limiter.try_acquire("critical").reason == "limit"
+    limiter.release("best_effort", 0.01)
+    assert limiter.try_acquire("critical") is None  # critical may borrow any free slot
+
+
+def test_views_declare_their_class_in_one_line():
+    from accounts.apis import LoginApi
+    from orders.apis import OrderListCreateApi, OrderReportApi
+
+    assert priority_of(OrderListCreateApi.as_view(), "POST") == "critical"
+    assert priority_of(OrderListCreateApi.as_view(), "GET") == "normal"
+    assert priority_of(OrderReportApi.as_view(), "GET") == "best_effort"
+    assert priority_of(LoginApi.as_view(), "POST") == "critical"
+    with pytest.raises(ValueError, match="unknown priority"):
+        concurrency.priority("urgent")
+
+
+def test_queue_start_header_in_seconds_or_milliseconds():
+    factory = RequestFactory()
+    now = 1_800_000_000.0
+    for value in (f"t={now - 0.75:.3f}", f"{(now - 0.75) * 1000:.0f}"):
+        request = factory.get("/api/v1/orders", HTTP_X_REQUEST_START=value)
+        assert concurrency.queue_wait_s(request, now=now) == pytest.approx(0.75, abs=0.01)
+    future = factory.get("/", HTTP_X_REQUEST_START=f"t={now + 10}")
+    assert concurrency.queue_wait_s(future, now=now) is None  # skewed: ignored
+    concurrency.set_queue_wait(0.3)  # what the gunicorn worker measured
+    try:
+        assert concurrency.queue_wait_s(factory.get("/")) == 0.3
+    finally:
+        concurrency.set_queue_wait(None)
+
+
+@pytest.mark.django_db
+def test_a_request_that_waited_past_its_budget_is_shed_before_any_work(auth_client):
+    stale = f"t={time.time() - 5:.3f}"  # waited 5 s in some queue: past every budget
+    response = auth_client.get("/api/v1/orders/report", HTTP_X_REQUEST_START=stale)
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert (body["code"], body["reason"], body["priority"]) == (
+        "overloaded",
+        "queue_time",
+        "best_effort",
+    )
+    assert 1 <= int(response["Retry-After"]) <= 3
+    fresh = f"t={time.time():.3f}"
+    assert auth_client.get("/api/v1/orders", HTTP_X_REQUEST_START=fresh).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_over_the_limit_orders_get_a_fast_documented_503_and_reads_of_higher_class_pass(
+    settings, payments, user
+):
+    settings.RESILIENCE_CONCURRENCY = {
+        **settings.RESILIENCE_CONCURRENCY,
+        "mode": "static",
+        "static_limit": 2,
+    }
+    payments.set_faults(latency_ms=250)
+    headers = dict(client_for(user)._credentials)
+    answers: list[tuple[int, float, str | None]] = []
+    start = threading.Barrier(4)
+
+    def order() -> None:
+        start.wait(5)
+        began = time.perf_counter()
+        response = Client(**headers).post(
+            "/api/v1/orders",
+            {"currency": "EUR", "items": [{"sku": "a", "quantity": 1, "unit_price": 100}]},
+            content_type="application/json",
+        )
+        code = response.json().get("code") if response.status_code == 503 else None
+        answers.append((response.status_code, time.perf_counter() - began, code))
+
+    threads = [threading.Thread(target=order) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    served = [a for a in answers if a[0] == 201]
+    shed = [a for a in answers if a[0] == 503]
+    assert len(served) == 2
+    assert len(shed) == 2
+    assert {code for _, _, code in shed} == {"overloaded"}
+    # Shedding costs far less than serving: no payments wait, no database work.
+    assert max(t for _, t, _ in shed) < min(t for _, t, _ in served)
