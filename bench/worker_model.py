@@ -69,6 +69,8 @@ def main() -> None:
             WEB_PORT=str(port),
             WEB_THREADS=str(threads),
             RATELIMIT_ENABLED="false",
+            # Threads alone: neither the rate limiter nor load shedding shapes the load.
+            CONCURRENCY_LIMIT_ENABLED="false",
             DJANGO_SETTINGS_MODULE="bench.worker_model_settings",
         )
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,66 @@
+"""Queue-time shedding in a real gunicorn: a request that waited for a thread too long.
+
+All four threads of one gthread process are held by slow requests; a fifth request
+queues in the worker's thread pool. When a thread takes it, it has already waited past
+its class's budget, so it is shed at once (503 ``overloaded``, reason ``queue_time``)
+instead of being served late (resilience.gunicorn_worker, adr/0010).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from chaos.commands import GUNICORN_COMMAND
+from tests.processes import child_environment, free_port, http_request, running, wait_for
+
+SLOW_S = 1.5
+
+
+def in_flight(metrics_dir) -> float:
+    """Requests admitted by the limiter now, read from the server's multiprocess files."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    return registry.get_sample_value("resilience_concurrency_in_flight") or 0.0
+
+
+def test_a_request_queued_past_its_budget_is_shed_when_a_thread_takes_it(tmp_path):
+    port = free_port()
+    env = child_environment(
+        DJANGO_SETTINGS_MODULE="bench.worker_model_settings",  # the product + a slow view
+        WEB_PORT=str(port),
+        WEB_WORKERS="1",
+        WEB_THREADS="4",
+        PAYMENTS_BULKHEAD_MAX="2",  # the sizing check's rule for 4 threads
+        RATELIMIT_ENABLED="false",
+        CONCURRENCY_LIMIT_MODE="static",  # the limit (4 = threads) is not under test here
+        CONCURRENCY_STATIC_LIMIT="4",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    base = f"http://127.0.0.1:{port}"
+    with running(GUNICORN_COMMAND, env=env, log_path=tmp_path / "web.log"):
+        wait_for(lambda: http_request("GET", f"{base}/healthz").status == 200, timeout=30)
+        holders = [
+            threading.Thread(
+                target=http_request,
+                args=("GET", f"{base}/bench/slow?seconds={SLOW_S}"),
+                kwargs={"timeout": 10},
+            )
+            for _ in range(4)
+        ]
+        for holder in holders:
+            holder.start()
+        wait_for(lambda: in_flight(tmp_path) == 4, timeout=10, what="four threads held")
+        started = time.monotonic()
+        queued = http_request("GET", f"{base}/api/v1/orders", timeout=10)
+        waited = time.monotonic() - started
+        for holder in holders:
+            holder.join(10)
+    assert queued.status == 503, queued.text
+    body = queued.json()
+    assert (body["code"], body["reason"]) == ("overloaded", "queue_time")
+    assert body["priority"] == "normal"
+    assert waited >= 0.5  # it did wait for a thread: the budget of the normal class
