@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench.payments_latency",
     "bench.payments_budget",
     "bench.orders_idempotency",
+    "bench.overload",
     "bench.ratelimit",
     "bench.slow_payments",
     "bench.webhooks_bulkhead",
