@@ -1,6 +1,7 @@
 """Run every benchmark in turn: ``python -m bench [name ...]``.
 
 Each module in ``BENCHMARKS`` has a ``main()`` that prints its figures. Add yours here.
+Options (``--long``, ``--only retries``...) go to ``bench.peers``, the peer comparison.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ BENCHMARKS = [
     "bench.slow_payments",
     "bench.webhooks_bulkhead",
     "bench.worker_model",
+    "bench.peers",
 ]
 
 
 def main(argv: list[str]) -> int:
-    selected = [b for b in BENCHMARKS if not argv or b.rsplit(".", 1)[-1] in argv]
+    names = [arg for arg in argv if not arg.startswith("-")]
+    options = [arg for arg in argv if arg.startswith("-")]  # for bench.peers (--long...)
+    selected = [b for b in BENCHMARKS if not names or b.rsplit(".", 1)[-1] in names]
     failures = 0
     for name in selected:
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
         try:
-            importlib.import_module(name).main()
+            module = importlib.import_module(name)
+            module.main(options) if name == "bench.peers" else module.main()
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             failures += 1
             print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)

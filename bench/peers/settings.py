@@ -7,7 +7,8 @@ configuration; only what must point at the benchmark's Redis and database is cha
 The rate limiters' stores point at ``PEERS_LIMIT_REDIS_URL`` (a throw-away redis-server
 the benchmark kills to see what each limiter does without its store); everything else
 uses ``REDIS_URL``. drf-idempotency holds one backend per process, chosen with
-``PEERS_DRF_IDEMPOTENCY_BACKEND`` (``database`` or ``redis``).
+``PEERS_DRF_IDEMPOTENCY_BACKEND`` (``database`` or ``redis``), set only for the servers
+that run it.
 """
 
 import os
@@ -37,8 +38,15 @@ _DRF_BACKENDS = {
         {"url": REDIS_URL, "key_prefix": f"{PEERS_KEY_PREFIX}:drf-idem:"},
     ),
 }
-_backend, _options = _DRF_BACKENDS[os.environ.get("PEERS_DRF_IDEMPOTENCY_BACKEND", "database")]
+_backend, _options = _DRF_BACKENDS[os.environ.get("PEERS_DRF_IDEMPOTENCY_BACKEND") or "database"]
 IDEMPOTENCY = {"BACKEND": _backend, "BACKEND_OPTIONS": _options}
+# drf-idempotency's per-view decorator answers 500 on an APIView method in 1.0.0 (it
+# renders the Response before DRF has chosen a renderer), so it runs as its documented
+# middleware, in servers of its own: the middleware takes every keyed POST it sees.
+# (django-idempotency-key's middleware is left out there: it raises on any response it
+# did not see the view of, such as drf-idempotency's replays.)
+if os.environ.get("PEERS_DRF_IDEMPOTENCY_BACKEND"):
+    MIDDLEWARE = [*MIDDLEWARE[:-1], "drf_idempotency.middleware.IdempotencyMiddleware"]
 CACHES = {
     **CACHES,  # noqa: F405
     # The peers' stores: Django's own Redis cache, as their documentation sets it up.

@@ -1,0 +1,5 @@
+import sys
+
+from bench.peers import main
+
+main(sys.argv[1:])
