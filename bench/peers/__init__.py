@@ -38,7 +38,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--breaker-reset-s", type=float, default=2.0)
     parser.add_argument("--idempotency-rounds", type=int, default=150)
     parser.add_argument("--ratelimit-accuracy-s", type=float, default=5.0)
-    parser.add_argument("--ratelimit-throughput-s", type=float, default=2.0)
+    parser.add_argument("--ratelimit-throughput-s", type=float, default=1.0)
     parser.add_argument("--retry-clients", type=int, default=1000)
     options = parser.parse_args(argv)
     if options.long:
