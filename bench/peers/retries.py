@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +49,13 @@ def over_http(url: str) -> Callable[[], None]:
 
 
 class Recorder:
-    """An in-process dependency answering 503 at once: records when each retry came.
+    """When each client's retries are scheduled: the sum of the waits before each one.
 
-    A retry's time is taken from its client's first attempt: all clients failed at the
-    same instant, so this is when the retries land. (Taking it from the release instead
-    would add the seconds a thousand threads need to start on two cores, which blurs
-    every schedule alike; a loopback server would queue them too.)
+    All clients failed at the same instant and the dependency answers at once, so retry
+    n of a client lands after its first n waits. The waits are the libraries' own,
+    read where each exposes them (tenacity's and our ``sleep``, backoff's ``on_backoff``,
+    stamina's retry hook). Wall-clock wake-ups of a thousand threads on two cores would
+    add the interpreter's scheduling to every schedule alike and blur them all.
     """
 
     def __init__(self) -> None:
@@ -63,38 +63,41 @@ class Recorder:
         self._local = threading.local()  # each client is a thread of its own
         self.retries: list[float] = []  # seconds after the client's first attempt
 
-    def hit(self) -> None:
-        now = time.monotonic()
-        first = getattr(self._local, "first", None)
-        if first is None:
-            self._local.first = now
-            return
+    def waited(self, seconds: float) -> None:
+        offset = getattr(self._local, "offset", 0.0) + seconds
+        self._local.offset = offset
         with self._lock:
-            self.retries.append(now - first)
+            self.retries.append(offset)
 
-    def call(self) -> None:
-        self.hit()
-        raise Unavailable(503)
+    def sleep(self, seconds: float) -> None:
+        """A ``sleep`` for the libraries that take one: records instead of sleeping."""
+        self.waited(seconds)
 
 
-def with_tenacity(call: Callable[[], None]) -> Callable[[], None]:
+def failing() -> None:
+    raise Unavailable(503)
+
+
+def with_tenacity(call: Callable[[], None], waits: Recorder | None) -> Callable[[], None]:
     import tenacity
 
     # tenacity's README: exponential backoff, stop after N attempts (no jitter).
+    extra = {"sleep": waits.sleep} if waits else {}
     return tenacity.retry(
         stop=tenacity.stop_after_attempt(ATTEMPTS),
         wait=tenacity.wait_exponential(multiplier=BASE_S, max=CAP_S),
         retry=tenacity.retry_if_exception_type((Unavailable, requests.RequestException)),
         reraise=True,
+        **extra,
     )(call)
 
 
-def with_stamina(call: Callable[[], None]) -> Callable[[], None]:
+def with_stamina(call: Callable[[], None], waits: Recorder | None) -> Callable[[], None]:
     import stamina
 
     # stamina's defaults (0.1 s initial, 5 s max, up to 1 s added jitter) scaled by 1/2
-    # so that its first wait is our 50 ms base.
-    return stamina.retry(
+    # so that its first wait is our 50 ms base. Its waits are read by a retry hook.
+    wrapped = stamina.retry(
         on=(Unavailable, requests.RequestException),
         attempts=ATTEMPTS,
         wait_initial=BASE_S,
@@ -102,12 +105,21 @@ def with_stamina(call: Callable[[], None]) -> Callable[[], None]:
         wait_jitter=0.5,
         timeout=None,
     )(call)
+    if waits is None:
+        return wrapped
+
+    def hooked() -> None:
+        wrapped()
+
+    hooked.hook = lambda details: waits.waited(details.wait_for)  # type: ignore[attr-defined]
+    return hooked
 
 
-def with_backoff(call: Callable[[], None]) -> Callable[[], None]:
+def with_backoff(call: Callable[[], None], waits: Recorder | None) -> Callable[[], None]:
     import backoff
 
     # backoff's README: expo, with its default full jitter.
+    extra = {"on_backoff": lambda details: waits.waited(details["wait"])} if waits else {}
     return backoff.on_exception(
         backoff.expo,
         (Unavailable, requests.RequestException),
@@ -115,10 +127,11 @@ def with_backoff(call: Callable[[], None]) -> Callable[[], None]:
         factor=BASE_S,
         max_value=CAP_S,
         logger=None,
+        **extra,
     )(call)
 
 
-def without_retry(call: Callable[[], None]) -> Callable[[], None]:
+def without_retry(call: Callable[[], None], waits: Recorder | None) -> Callable[[], None]:
     return call
 
 
@@ -172,8 +185,8 @@ def spread(retries_s: list[float]) -> tuple[int, float, float, list[float]]:
     return max(bins.values()), pick(0.5), pick(0.95) - pick(0.05), retries
 
 
-def ours_wrappers(dep_url: str, *, shipped: bool):
-    """Our client over HTTP, and the same policy around the in-process recorder."""
+def ours_wrappers():
+    """Our client over HTTP, and the same policy around the failing call, waits recorded."""
     import requests as _requests
 
     from resilience.calls import call
@@ -183,17 +196,31 @@ def ours_wrappers(dep_url: str, *, shipped: bool):
         session = client(name)
         return lambda: session.request("GET", "/")
 
-    def around(name: str, recorder: Recorder) -> Callable[[], None]:
+    def around(name: str, waits: Recorder) -> Callable[[], None]:
         answer = _requests.Response()
         answer.status_code = 503
 
         def attempt(_timeouts: object) -> None:
-            recorder.hit()
             raise DownstreamHTTPError(name, answer)
 
-        return lambda: call(name, attempt, retryable=is_retryable)
+        return lambda: call(name, attempt, retryable=is_retryable, sleep=waits.sleep)
 
     return over, around
+
+
+def spread_of(wrapped: Callable[[], None], recorder: Recorder, clients: int) -> None:
+    """Run the storm; with stamina's retry hook installed for it when it has one."""
+    hook = getattr(wrapped, "hook", None)
+    if hook is None:
+        storm(wrapped, clients)
+        return
+    import stamina.instrumentation
+
+    stamina.instrumentation.set_on_retry_hooks([hook])
+    try:
+        storm(wrapped, clients)
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(None)
 
 
 def run(clients: int = CLIENTS, http_clients: int = 200, png: Path | None = PNG) -> list[Result]:
@@ -204,17 +231,17 @@ def run(clients: int = CLIENTS, http_clients: int = 200, png: Path | None = PNG)
         url = dep.url + "/"
         for name, wrap in PEERS.items():
             dep.reset()
-            storm(wrap(over_http(url)), http_clients)
+            storm(wrap(over_http(url), None), http_clients)
             amplification = dep.calls / http_clients
             recorder = Recorder()
-            storm(wrap(recorder.call), clients)
+            spread_of(wrap(failing, recorder), recorder, clients)
             results.append(Result(name, amplification, *spread(recorder.retries)))
         retry = {"max_attempts": ATTEMPTS, "base_s": BASE_S, "cap_s": CAP_S}
         for shipped in (False, True):
             drop = () if shipped else ("breaker", "bulkhead")
             label = "ours, as shipped (+ breaker, bulkhead)" if shipped else "ours (retry, budget)"
             with peer_dependency(dep.url, drop=drop, retry=retry):
-                over, around = ours_wrappers(dep.url, shipped=shipped)
+                over, around = ours_wrappers()
                 dep.reset()
                 storm(over(fresh_name()), http_clients)
                 amplification = dep.calls / http_clients
