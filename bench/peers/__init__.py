@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = options.only or SECTIONS
     sections = {
         "idempotency": (
-            "Idempotency keys (same order-creating DRF view, gunicorn 2 x 16 threads)",
+            "Idempotency keys (same order-creating DRF view, gunicorn 2 x 12 threads)",
             lambda: idempotency.report(idempotency.run(rounds=options.idempotency_rounds)),
         ),
         "ratelimit": (
