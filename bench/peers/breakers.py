@@ -59,9 +59,6 @@ class Ours(Peer):
     name = "ours (resilience.breakers)"
     shared_store = "Redis (policy shared: true)"
 
-    def __init__(self) -> None:
-        self._blocks = []
-
     def make(self, key: str, *, fail_max: int, reset_s: float, shared: bool = False) -> Call:
         from resilience.breakers import breaker, reset_registry
 

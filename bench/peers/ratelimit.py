@@ -42,7 +42,9 @@ LIMITERS = {
     "limits-fixed": "limits: Redis fixed window",
     "django-ratelimit": "django-ratelimit (cache, fixed)",
 }
-REFUSED = {429, 403, 503}  # django-ratelimit's block=True is a 403 through DRF
+# Refusals. django-ratelimit's Ratelimited is a PermissionDenied: plain DRF answers it
+# with 403; this project's exception handler (common/) turns it into 429.
+REFUSED = {429, 403, 503}
 
 
 @dataclass
@@ -168,12 +170,12 @@ def run(*, accuracy_s: float = ACCURACY_S, throughput_s: float = THROUGHPUT_S) -
 
 
 def report(rows: list[Row], *, accuracy_s: float = ACCURACY_S) -> list[str]:
-    head = f"{'limiter':<34} {'admitted/expected':>19} {'throughput':>11}"
+    head = f"{'limiter':<34} {'admitted/expected':>19} {'refusal':>7} {'throughput':>11}"
     lines = [f"{head}  when its Redis is gone ({DOWN_REQUESTS} requests)"]
     for r in rows:
         lines.append(
             f"{r.name:<34} {r.admitted:>6}/{r.expected:<6.0f} {r.admitted / r.expected:>5.2f}"
-            f" {r.throughput_ratio:>10.2f}x  {r.down}, p50 {r.down_p50_ms:.1f} ms"
+            f" {r.refused_as:>7} {r.throughput_ratio:>10.2f}x  {r.down}, p50 {r.down_p50_ms:.1f} ms"
         )
     lines.append(
         f"(policy {RATE}/s per IP, ours with burst {BURST}; {accuracy_s:.0f} s from two"
