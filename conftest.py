@@ -47,10 +47,12 @@ def fresh_resilience():
     database; they are wiped too, so one test's open breaker or held slot never leaks
     into the next.
     """
+    from resilience import probes
     from resilience.breakers import _shared_state_redis
     from resilience.registry import reset_all
 
     def wipe() -> None:
+        probes.stop_runner()  # a runner of the last test must not probe this one's breakers
         reset_all()
         client = _shared_state_redis()
         keys = [

@@ -8,9 +8,13 @@ API port::
                            (same key, same body); 422 same key, different body; 400 bad input
     GET  /authorizations   {"authorizations": [...], "requests_by_key": {key: n}}
     GET  /stats            {"requests", "authorizations", "faulted", "by_status": {"201": n}}
-    GET  /healthz
+    GET  /healthz          200 {"status": "ok"}; obeys the latency, ``status`` and
+                           ``error_rate`` switches (and ``down``), so a slow or failing
+                           provider fails the app's recovery probe; not counted
 
-Only ``POST /authorizations`` is faulted; every request to it is counted, faulted or not.
+Only ``POST /authorizations`` and the API port's ``/healthz`` are faulted; every request
+to ``/authorizations`` is counted, faulted or not. ``fail_first_n`` is consumed by
+``/authorizations`` only.
 The control port serves ``/healthz``, ``/stats``, ``/authorizations`` and the shared
 ``/control/faults`` and ``/control/reset`` (see :class:`chaos._httpserver.ChaosService`).
 
@@ -95,6 +99,7 @@ class PaymentsService(ChaosService):
         return {
             "/authorizations": {"POST": self._post_authorization, "GET": self._get_authorizations},
             "/stats": {"GET": self._get_stats},
+            "/healthz": {"GET": self._get_healthz},
         }
 
     def control_routes(self) -> Routes:
@@ -135,6 +140,22 @@ class PaymentsService(ChaosService):
             return dict(self._requests_by_key)
 
     # -- routes ----------------------------------------------------------------------------
+
+    def _get_healthz(self, _request: Request) -> Response:
+        """Health as a probe sees it: slow when the provider is slow, failing when it fails."""
+        faults = self.faults()
+        delay_ms = faults["latency_ms"] + secrets.SystemRandom().uniform(
+            0.0, faults["latency_jitter_ms"]
+        )
+        if delay_ms > 0:
+            self._stopping.wait(delay_ms / 1000)
+        status = faults["status"]
+        if status is None and faults["error_rate"] > 0:
+            if secrets.SystemRandom().random() < faults["error_rate"]:
+                status = faults["error_status"]
+        if status is not None:
+            return Response(status, {"status": "failing", "service": self.name})
+        return Response(200, {"status": "ok", "service": self.name})
 
     def _post_authorization(self, request: Request) -> Response:
         key = request.header("Idempotency-Key")

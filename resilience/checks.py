@@ -13,6 +13,8 @@ from resilience.policies import DependencyPolicy, PolicyError, build_policy
 TOP_LEVEL_KEYS = {
     "request_deadline_s",
     "breaker_state_redis_url",
+    "breaker_state_cache_s",
+    "probes",
     "dependencies",
     "process_concurrency",
     "bulkhead_reserved_share",

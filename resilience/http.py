@@ -187,3 +187,25 @@ def reset_clients() -> None:
     """Forget built clients (tests change the policies)."""
     with _clients_lock:
         _clients.clear()
+
+
+def probe_status(dependency: str, path: str = "/healthz") -> int:
+    """One GET of ``<base_url><path>`` for a recovery probe; returns the status code.
+
+    Deliberately outside the policies: the probe runs *because* the breaker is open, so it
+    must not pass through it, and it never retries (the probe runner is the schedule).
+    It keeps the dependency's connect and read timeouts. Raises ``requests`` errors.
+    """
+    policy = get_policy(dependency)
+    if policy.timeouts.read_s is None or not policy.base_url:
+        raise ValueError(f"{dependency} has no base_url and read timeout to probe")
+    url = f"{policy.base_url.rstrip('/')}{path}"
+    with requests.Session() as session:
+        session.mount("http://", HTTPAdapter(max_retries=0))
+        session.mount("https://", HTTPAdapter(max_retries=0))
+        response = session.get(
+            url,
+            timeout=(policy.timeouts.connect_s, policy.timeouts.read_s),
+            allow_redirects=False,
+        )
+    return response.status_code

@@ -29,6 +29,34 @@ BREAKER_FAILURES = Counter(
     "Calls that counted as dependency failures.",
     ["dependency"],
 )
+BREAKER_SLOW_CALLS = Counter(
+    "resilience_breaker_slow_calls_total",
+    "Calls slower than the breaker's slow-call threshold (success or not).",
+    ["dependency"],
+)
+BREAKER_FAILURE_RATE = Gauge(
+    "resilience_breaker_failure_rate",
+    "Failure rate (0..1) in the breaker's sliding window, as of each process's last call.",
+    ["dependency"],
+    multiprocess_mode="livemax",
+)
+BREAKER_SLOW_CALL_RATE = Gauge(
+    "resilience_breaker_slow_call_rate",
+    "Slow-call rate (0..1) in the breaker's sliding window, as of each process's last call.",
+    ["dependency"],
+    multiprocess_mode="livemax",
+)
+BREAKER_PROBES = Counter(
+    "resilience_breaker_probes_total",
+    "Recovery probes of an open breaker's dependency, by outcome (ok, failed).",
+    ["dependency", "outcome"],
+)
+BREAKER_PROBE_SECONDS = Histogram(
+    "resilience_breaker_probe_seconds",
+    "Duration of one recovery probe.",
+    ["dependency"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 RETRY_ATTEMPTS = Counter(
     "resilience_retry_attempts_total", "Attempts made, first ones included.", ["dependency"]
 )

@@ -50,11 +50,30 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    """Consecutive-failure breaker (pybreaker) with one trial call when half-open."""
+    """A breaker with resilience4j's semantics, pybreaker as its state machine.
 
-    fail_max: int = 5
+    ``window`` is ``"count"`` (the last ``window_size`` calls), ``"time"`` (the calls of
+    the last ``window_size`` seconds) or ``"consecutive"`` (pybreaker's classic
+    ``fail_max`` consecutive failures). With a window, the breaker opens once at least
+    ``minimum_calls`` are in it and the failure rate reaches ``failure_rate`` or the
+    share of calls slower than ``slow_call_s`` reaches ``slow_call_rate`` (both 0..1).
+    After ``reset_timeout_s`` open (resilience4j's wait duration in open state), the
+    ``probe`` decides when to close; without one, ``half_open_calls`` user calls are let
+    through and their outcome decides. ``probe`` is a kind (``http``, ``postgres``,
+    ``redis``) or the dotted path of a callable taking the dependency's policy.
+    """
+
+    window: str = "count"
+    window_size: int = 20
+    minimum_calls: int = 10
+    failure_rate: float = 0.5
+    slow_call_s: float | None = None  # None: slowness never counts
+    slow_call_rate: float = 1.0
+    half_open_calls: int = 1
+    fail_max: int = 5  # consecutive window only
     reset_timeout_s: float = 30.0
     shared: bool = False  # state in Redis, so every process learns at once
+    probe: str | None = None
 
 
 BULKHEAD_SCOPES = ("process", "fleet")
@@ -143,14 +162,34 @@ def _validate(policy: DependencyPolicy) -> None:
         if not 0 <= retry.budget_ratio <= 1:
             raise PolicyError(f"{name}.retry.budget_ratio must be within 0..1")
     if policy.breaker:
+        _validate_breaker(name, policy.breaker)
         positive += [("breaker.reset_timeout_s", policy.breaker.reset_timeout_s)]
-        if policy.breaker.fail_max < 1:
-            raise PolicyError(f"{name}.breaker.fail_max must be at least 1")
+        if policy.breaker.slow_call_s is not None:
+            positive += [("breaker.slow_call_s", policy.breaker.slow_call_s)]
     if policy.bulkhead:
         positive += _validate_bulkhead(name, policy.bulkhead)
     for label, value in positive:
         if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
             raise PolicyError(f"{name}.{label} must be a finite number above 0, not {value!r}")
+
+
+BREAKER_WINDOWS = ("count", "time", "consecutive")
+
+
+def _validate_breaker(name: str, breaker: BreakerPolicy) -> None:
+    if breaker.window not in BREAKER_WINDOWS:
+        raise PolicyError(f"{name}.breaker.window must be one of {', '.join(BREAKER_WINDOWS)}")
+    counts = ("window_size", "minimum_calls", "half_open_calls", "fail_max")
+    for attr in counts:
+        value = getattr(breaker, attr)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+            raise PolicyError(f"{name}.breaker.{attr} must be an integer within 1..10000")
+    if breaker.window == "count" and breaker.minimum_calls > breaker.window_size:
+        raise PolicyError(f"{name}.breaker.minimum_calls cannot exceed a count window_size")
+    for attr in ("failure_rate", "slow_call_rate"):
+        value = getattr(breaker, attr)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise PolicyError(f"{name}.breaker.{attr} must be within (0, 1]")
 
 
 def build_policy(name: str, raw: dict[str, Any]) -> DependencyPolicy:

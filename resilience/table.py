@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from resilience.policies import DependencyPolicy, all_policies
+from resilience.policies import BreakerPolicy, DependencyPolicy, all_policies
 
 HEADER = (
     "| dependency | connect | read / statement | pool wait | request budget | attempts "
@@ -30,6 +30,21 @@ def _bulkhead(policy: DependencyPolicy) -> str:
     return f"{bulkhead.max_concurrent} {where}, wait {bulkhead.max_wait_s:g} s"
 
 
+def _breaker(b: BreakerPolicy) -> str:
+    if b.window == "consecutive":
+        opens = f"{b.fail_max} failures in a row"
+    else:
+        window = f"last {b.window_size} calls" if b.window == "count" else f"{b.window_size} s"
+        opens = f"{b.failure_rate:.0%} failed"
+        if b.slow_call_s is not None:
+            opens += f" or {b.slow_call_rate:.0%} slower than {b.slow_call_s:g} s"
+        opens += f" of {window} (min {b.minimum_calls})"
+    trials = f"{b.half_open_calls} trial{'s' if b.half_open_calls > 1 else ''}"
+    recovery = f"probe {b.probe} (else {trials})" if b.probe else trials
+    scope = "shared" if b.shared else "per process"
+    return f"{opens}, open {b.reset_timeout_s:g} s, {recovery}, {scope}"
+
+
 def row(policy: DependencyPolicy) -> str:
     t = policy.timeouts
     read = t.read_s if t.read_s is not None else t.statement_s
@@ -42,12 +57,7 @@ def row(policy: DependencyPolicy) -> str:
         if retry
         else "-"
     )
-    breaker = (
-        f"{policy.breaker.fail_max} failures, open {policy.breaker.reset_timeout_s:g} s"
-        f"{', shared' if policy.breaker.shared else ', per process'}"
-        if policy.breaker
-        else "-"
-    )
+    breaker = _breaker(policy.breaker) if policy.breaker else "-"
     cells = [
         policy.name, _seconds(t.connect_s), _seconds(read), _seconds(t.pool_wait_s),
         _seconds(t.request_budget_s), attempts, backoff, budget, breaker, _bulkhead(policy),

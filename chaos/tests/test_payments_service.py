@@ -156,6 +156,20 @@ def test_healthz_on_both_ports(payments: PaymentsService) -> None:
         assert response.json() == {"status": "ok", "service": "payments"}
 
 
+def test_api_healthz_obeys_the_latency_and_status_switches(payments: PaymentsService) -> None:
+    """The app's recovery probe must fail while the provider is slow or failing."""
+    payments.set_faults(latency_ms=300)
+    started = time.monotonic()
+    assert requests.get(f"{payments.api_url}/healthz", timeout=TIMEOUT).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    payments.set_faults(latency_ms=0, status=503)
+    assert requests.get(f"{payments.api_url}/healthz", timeout=TIMEOUT).status_code == 503
+    payments.set_faults(status=None, fail_first_n=1)
+    assert requests.get(f"{payments.api_url}/healthz", timeout=TIMEOUT).status_code == 200
+    assert payments.faults()["fail_first_n"] == 1  # left for /authorizations
+    assert payments.stats()["requests"] == 0  # health checks are not counted
+
+
 # -- counters --------------------------------------------------------------------------------
 
 

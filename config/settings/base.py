@@ -405,8 +405,22 @@ RESILIENCE = {
         "webhooks": WORKER_WEBHOOKS_CONCURRENCY,
     },
     "bulkhead_reserved_share": env("BULKHEAD_RESERVED_SHARE", default=0.5, cast=float),
-    # Redis that holds shared breaker state for HTTP downstreams.
+    # Redis that holds shared breaker state (payments, webhook hosts, postgres).
     "breaker_state_redis_url": env("BREAKER_STATE_REDIS_URL", default=REDIS_URL),
+    # A process re-reads a shared breaker's state from Redis at most this often on the
+    # hot path (every Postgres query passes a breaker): an opening elsewhere is seen
+    # within this, at one Redis round trip per 0.1 s instead of one per query.
+    "breaker_state_cache_s": env("BREAKER_STATE_CACHE_S", default=0.1, cast=float),
+    # Recovery probes of open breakers, off the user path (resilience.probes, adr/0008).
+    "probes": {
+        "enabled": env("BREAKER_PROBES_ENABLED", default=True, cast=bool),
+        # How often the runner looks at open breakers (jittered 0.5x..1.5x).
+        "tick_s": env("BREAKER_PROBE_TICK_S", default=0.5, cast=float),
+        # User calls become half-open trials again when no runner reported for this long.
+        "stale_after_s": env("BREAKER_PROBE_STALE_AFTER_S", default=5.0, cast=float),
+        # One prober per dependency for the fleet; longer than the slowest probe (2 s).
+        "lock_ttl_s": env("BREAKER_PROBE_LOCK_TTL_S", default=5.0, cast=float),
+    },
     "dependencies": {
         "postgres": {
             "timeouts": {
@@ -414,11 +428,22 @@ RESILIENCE = {
                 "pool_wait_s": DB_REQUEST_POOL_TIMEOUT_S,
                 "statement_s": DB_REQUEST_STATEMENT_TIMEOUT_MS / 1000,
             },
-            # Only connection-level failures and timeouts count (resilience.db).
+            # Only connection-level failures and timeouts count (resilience.db). Every
+            # query is a call: a time window of 10 s sees hundreds in a busy process. A
+            # healthy query takes milliseconds; 1 s is half the statement timeout.
             "breaker": {
+                "window": env("POSTGRES_BREAKER_WINDOW", default="time"),
+                "window_size": env("POSTGRES_BREAKER_WINDOW_SIZE", default=10, cast=int),
+                "minimum_calls": env("POSTGRES_BREAKER_MIN_CALLS", default=5, cast=int),
+                "failure_rate": env("POSTGRES_BREAKER_FAILURE_RATE", default=0.5, cast=float),
+                "slow_call_s": env("POSTGRES_BREAKER_SLOW_CALL_S", default=1.0, cast=float),
+                "slow_call_rate": env("POSTGRES_BREAKER_SLOW_CALL_RATE", default=0.8, cast=float),
+                "half_open_calls": env("POSTGRES_BREAKER_HALF_OPEN_CALLS", default=3, cast=int),
                 "fail_max": env("POSTGRES_BREAKER_FAIL_MAX", default=3, cast=int),
                 "reset_timeout_s": env("POSTGRES_BREAKER_RESET_S", default=5.0, cast=float),
-                "shared": False,
+                # In Redis while it answers, so one process's discovery spares the others.
+                "shared": env("POSTGRES_BREAKER_SHARED", default=True, cast=bool),
+                "probe": env("POSTGRES_BREAKER_PROBE", default="postgres") or None,
             },
         },
         "redis": {
@@ -427,7 +452,15 @@ RESILIENCE = {
                 "read_s": REDIS_CACHE_SOCKET_TIMEOUT_S,
             },
             # Process-local: the breaker that guards Redis cannot keep its state there.
-            "breaker": {"fail_max": 3, "reset_timeout_s": 2.0, "shared": False},
+            # Consecutive failures: every call is already bounded at 50 ms, and this
+            # breaker guards the shared breaker state itself, so it must open in 3 calls.
+            "breaker": {
+                "window": "consecutive",
+                "fail_max": env("REDIS_BREAKER_FAIL_MAX", default=3, cast=int),
+                "reset_timeout_s": env("REDIS_BREAKER_RESET_S", default=2.0, cast=float),
+                "shared": False,
+                "probe": env("REDIS_BREAKER_PROBE", default="redis") or None,
+            },
         },
         "payments": {
             "base_url": PAYMENTS_URL,
@@ -448,10 +481,21 @@ RESILIENCE = {
                 "budget_window_s": 10.0,
                 "budget_min_retries": 3,
             },
+            # Opens on what users feel: half of the last 20 calls failed, or took longer
+            # than 0.4 s (healthy: tens of ms; the 800 ms slow fault is 2x this, under
+            # the 1 s read timeout). docs/patterns/circuit-breaker.md explains the numbers.
             "breaker": {
+                "window": env("PAYMENTS_BREAKER_WINDOW", default="count"),
+                "window_size": env("PAYMENTS_BREAKER_WINDOW_SIZE", default=20, cast=int),
+                "minimum_calls": env("PAYMENTS_BREAKER_MIN_CALLS", default=5, cast=int),
+                "failure_rate": env("PAYMENTS_BREAKER_FAILURE_RATE", default=0.5, cast=float),
+                "slow_call_s": env("PAYMENTS_BREAKER_SLOW_CALL_S", default=0.4, cast=float),
+                "slow_call_rate": env("PAYMENTS_BREAKER_SLOW_CALL_RATE", default=0.5, cast=float),
+                "half_open_calls": env("PAYMENTS_BREAKER_HALF_OPEN_CALLS", default=3, cast=int),
                 "fail_max": env("PAYMENTS_BREAKER_FAIL_MAX", default=5, cast=int),
-                "reset_timeout_s": env("PAYMENTS_BREAKER_RESET_S", default=10.0, cast=float),
+                "reset_timeout_s": env("PAYMENTS_BREAKER_RESET_S", default=5.0, cast=float),
                 "shared": True,
+                "probe": env("PAYMENTS_BREAKER_PROBE", default="http") or None,
             },
             # A quarter of a web process's threads (adr/0007): slow payments can hold
             # these and nothing more; orders beyond them are deferred at once.
@@ -468,7 +512,10 @@ RESILIENCE = {
                 "connect_s": env("WEBHOOK_CONNECT_TIMEOUT_S", default=1.0, cast=float),
                 "read_s": env("WEBHOOK_READ_TIMEOUT_S", default=5.0, cast=float),
             },
+            # Consecutive failures and in-band trials: a customer's endpoint is not ours
+            # to probe, and its traffic is too sparse and bursty for a rate.
             "breaker": {
+                "window": "consecutive",
                 "fail_max": env("WEBHOOK_BREAKER_FAIL_MAX", default=5, cast=int),
                 "reset_timeout_s": env("WEBHOOK_BREAKER_RESET_S", default=60.0, cast=float),
                 "shared": True,

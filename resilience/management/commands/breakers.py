@@ -1,8 +1,9 @@
 """Inspect and force circuit breakers.
 
-Shared breakers (``shared: True``) keep their state in Redis, so forcing one here acts
-fleet-wide; process-local ones (postgres, redis) only exist inside each process and
-can only be listed with this process's view.
+Shared breakers (``shared: True``: payments, postgres, webhook hosts) keep their state
+in Redis, so forcing one here acts fleet-wide; the process-local ``redis`` breaker only
+exists inside each process and can only be listed with this process's view. The window
+rates are this process's (a management command has made no calls: 0).
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, action: str, dependency: str | None, **options: Any) -> None:
         if action == "list":
             for name, cb in sorted(known_breakers().items()):
-                scope = (
-                    "shared"
-                    if type(cb._state_storage).__name__ == "SharedStateStorage"
-                    else "local"
-                )
-                remaining = cb.open_remaining_s()
-                extra = f", reopens in {remaining:.1f} s" if remaining else ""
+                scope = "shared" if cb.shared else "local"
+                if cb.forced:
+                    extra = ", forced open until closed"
+                else:
+                    remaining = cb.open_remaining_s()
+                    extra = f", open period ends in {remaining:.1f} s" if remaining else ""
+                calls, failure_rate, slow_rate = cb.window_rates()
                 self.stdout.write(
-                    f"{name:<28} {cb.current_state:<10} failures={cb.fail_counter} ({scope}{extra})"
+                    f"{name:<28} {cb.current_state:<10} window={cb.policy.window}"
+                    f" calls={calls} failed={failure_rate:.0%} slow={slow_rate:.0%}"
+                    f" ({scope}{extra})"
                 )
             return
         if not dependency:
