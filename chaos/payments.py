@@ -150,9 +150,9 @@ class PaymentsService(ChaosService):
         if delay_ms > 0:
             self._stopping.wait(delay_ms / 1000)
         status = faults["status"]
-        if status is None and faults["error_rate"] > 0:
-            if secrets.SystemRandom().random() < faults["error_rate"]:
-                status = faults["error_status"]
+        rate = faults["error_rate"]
+        if status is None and rate > 0 and secrets.SystemRandom().random() < rate:
+            status = faults["error_status"]
         if status is not None:
             return Response(status, {"status": "failing", "service": self.name})
         return Response(200, {"status": "ok", "service": self.name})

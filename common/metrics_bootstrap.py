@@ -7,9 +7,10 @@ the first rejection, and ``increase()`` misses that first one. Touching each lab
 once at start-up makes every series visible at 0 from the first scrape.
 
 Call :func:`preinitialise` only in processes that serve calls (gunicorn workers, Celery
-pool processes): it also builds the breakers, and a breaker's state gauge is only kept
-up to date by the process that uses it. A long-lived process that never calls a
-dependency would pin a stale value into the ``livemax`` aggregation.
+pool processes): it also builds the breakers, whose state gauge each process sets when
+it sees a transition. For shared breakers the scrape replaces those values by the state
+in Redis (common/metrics_export.py), so a process that saw an opening and then made no
+call does not keep the breaker "open" on the dashboard.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # Every reason resilience.retry records when it stops retrying.
 GAVE_UP_REASONS = ("attempts", "retry_after_too_long", "deadline", "budget", "not_retryable")
+# Every outcome resilience.probes records.
+PROBE_OUTCOMES = ("ok", "failed")
 # Per-dependency templates (one breaker per webhook host) have no fixed label to create.
 TEMPLATES = frozenset({"webhook"})
 
@@ -40,6 +43,13 @@ def preinitialise() -> None:
         if policy.breaker is not None:
             metrics.BREAKER_NOT_PERMITTED.labels(name)
             metrics.BREAKER_FAILURES.labels(name)
+            metrics.BREAKER_SLOW_CALLS.labels(name)
+            metrics.BREAKER_FAILURE_RATE.labels(name).set(0)
+            metrics.BREAKER_SLOW_CALL_RATE.labels(name).set(0)
+            if policy.breaker.probe is not None:
+                for outcome in PROBE_OUTCOMES:
+                    metrics.BREAKER_PROBES.labels(name, outcome)
+                metrics.BREAKER_PROBE_SECONDS.labels(name)
         if policy.retry is not None:
             metrics.RETRY_ATTEMPTS.labels(name)
             metrics.RETRY_BUDGET_EXHAUSTED.labels(name)

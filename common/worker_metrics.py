@@ -29,8 +29,6 @@ from typing import Any
 from celery import signals
 from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
     Counter,
     Histogram,
     multiprocess,
@@ -93,10 +91,9 @@ def serve_metrics(**_: Any) -> None:
     port = metrics_port()
     if not port:
         return
-    registry = REGISTRY
-    if multiproc:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+    from common.metrics_export import scrape_registry
+
+    registry = scrape_registry()  # shared breaker state read at each scrape
     host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
     try:
         start_http_server(port, addr=host, registry=registry)

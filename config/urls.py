@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from common import views as common_views
+from common.metrics_export import metrics_view
 
 api_v1 = [
     path("auth/", include("accounts.urls")),
@@ -18,7 +19,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", common_views.healthz, name="healthz"),
     path("readyz", common_views.readyz, name="readyz"),
-    path("", include("django_prometheus.urls")),
+    # django_prometheus's exporter, with shared breaker state read at scrape time.
+    path("metrics", metrics_view, name="prometheus-django-metrics"),
     path("admin/", admin.site.urls),
 ]
 

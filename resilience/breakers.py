@@ -50,6 +50,8 @@ CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreake
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 # A half-open episode's trial counters outlive any sane open period, then expire.
 TRIALS_TTL_S = 3600
+# The probe "lock" of process-local state (and of shared state while Redis is down).
+LOCAL_LOCK = "local"
 
 
 class BreakerOpenError(pybreaker.CircuitBreakerError):
@@ -258,7 +260,7 @@ class MemoryStorage(pybreaker.CircuitBreakerStorage):
         self._probe_alive_at = at
 
     def acquire_probe_lock(self, ttl_s: float) -> str | None:
-        return "local"  # one runner per process: nobody else probes this state
+        return LOCAL_LOCK  # one runner per process: nobody else probes this state
 
     def release_probe_lock(self, token: str) -> None:
         return None
@@ -285,7 +287,9 @@ def _shared_state_redis() -> redis.Redis:
         return _state_client
 
 
-_RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+_RELEASE_LOCK = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+)
 
 
 class SharedStateStorage(MemoryStorage):
@@ -327,6 +331,13 @@ class SharedStateStorage(MemoryStorage):
     def state(self, state: str) -> None:
         self._mirror_state = state
         self._redis("hset", self._key, "state", state)
+
+    def shared_state(self) -> str | None:
+        """The state Redis holds now (closed if never written); None when it cannot answer."""
+        stored = self._redis("hgetall", self._key)
+        if stored is None:
+            return None
+        return stored.get("state", CLOSED)
 
     def cached_state(self, max_age_s: float) -> str:
         """The state, read from Redis at most every ``max_age_s`` (the hot path)."""
@@ -395,11 +406,11 @@ class SharedStateStorage(MemoryStorage):
                 client.set, f"{self._key}:probe-lock", token, nx=True, px=int(ttl_s * 1000)
             )
         except (redis.RedisError, BreakerOpenError):
-            return "local"
+            return LOCAL_LOCK
         return token if got else None
 
     def release_probe_lock(self, token: str) -> None:
-        if token != "local":
+        if token != LOCAL_LOCK:
             self._redis("eval", _RELEASE_LOCK, 1, f"{self._key}:probe-lock", token)
 
 

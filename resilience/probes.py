@@ -121,7 +121,8 @@ def probe_for(declared: str) -> Callable[[DependencyPolicy], Any]:
 def run_probe(dependency: str) -> bool:
     """Probe ``dependency`` once; count, time and log the outcome."""
     policy = get_policy(dependency)
-    assert policy.breaker is not None and policy.breaker.probe is not None
+    assert policy.breaker is not None
+    assert policy.breaker.probe is not None
     started = time.perf_counter()
     error = None
     try:
@@ -231,7 +232,7 @@ def ensure_runner() -> None:
 
 def stop_runner(timeout_s: float = 5.0) -> None:
     """Stop this process's runner (tests; a process exiting needs nothing: daemon)."""
-    global _runner  # noqa: PLW0603 - the process's one runner
+    global _runner
     with _runner_lock:
         runner, _runner = _runner, None
     if runner is not None and runner.pid == os.getpid():

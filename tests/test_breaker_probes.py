@@ -7,6 +7,7 @@ worker processes of the fleet.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import sys
@@ -160,7 +161,7 @@ def test_only_one_process_probes_a_shared_breaker_at_a_time(settings, tmp_path):
         )
         wait_for(lambda: len(read_probes(log)) >= 4, timeout=60, what="four probes")
     runs = sorted(read_probes(log), key=lambda run: run["start"])
-    for earlier, later in zip(runs, runs[1:], strict=False):
+    for earlier, later in itertools.pairwise(runs):
         assert later["start"] >= earlier["end"] - 0.01, f"overlapping probes: {earlier} {later}"
     assert breaker("payments").current_state == "open"  # every probe failed
     breaker("payments").close()

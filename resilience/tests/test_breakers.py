@@ -409,7 +409,8 @@ def test_pybreaker_version_and_the_public_behaviour_breaker_relies_on():
     before = datetime.now(UTC)
     cb.open()  # writes opened_at and the state to our storage, tells listeners once
     assert storage.state == "open"
-    assert storage.opened_at is not None and storage.opened_at >= before
+    assert storage.opened_at is not None
+    assert storage.opened_at >= before
     assert recorder.changes == [("closed", "open")]
     opened_at = storage.opened_at
     cb.half_open()
@@ -422,6 +423,7 @@ def test_pybreaker_version_and_the_public_behaviour_breaker_relies_on():
     assert cb.state.name == "open"
     assert recorder.changes[-1] == ("closed", "open")
     assert storage.opened_at == opened_at
-    assert cb.reset_timeout == 60 and cb.name == "pin"
+    assert cb.reset_timeout == 60
+    assert cb.name == "pin"
     assert issubclass(BreakerOpenError, pybreaker.CircuitBreakerError)
     assert {pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN} == {"open", "half-open"}
