@@ -119,13 +119,17 @@ def test_metrics_show_a_postgres_cut_and_its_recovery(toxiproxy, user, tmp_path)
     assert (
         sample(during, "django_http_responses_total_by_status_view_method_total", status="503") >= 5
     )
+    # Closed by the recovery probe (open -> closed), not by a user request as the trial.
     assert (
         sample(
             after,
             "resilience_breaker_transitions_total",
             dependency="postgres",
-            from_state="half-open",
+            from_state="open",
             to_state="closed",
         )
         >= 1
+    )
+    assert (
+        sample(after, "resilience_breaker_probes_total", dependency="postgres", outcome="ok") >= 1
     )

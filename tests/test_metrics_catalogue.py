@@ -90,7 +90,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         directory.mkdir()
     common = {
         "PAYMENTS_URL": payments.api_url,
-        "PAYMENTS_BREAKER_FAIL_MAX": "2",
+        "PAYMENTS_BREAKER_MIN_CALLS": "2",
         "WEBHOOKS_ALLOWED_TARGETS": "127.0.0.1",
         "RATELIMIT_REDIS_URL": f"redis://127.0.0.1:{proxy_port}/{redis_db}",
     }

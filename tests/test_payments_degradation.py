@@ -116,7 +116,8 @@ def amplification(payments, settings, user, *, budget: bool, orders: int = 50) -
     override_policy(
         settings,
         "payments",
-        breaker={"fail_max": 10_000},  # isolate the budget: keep the breaker out of it
+        # Isolate the budget: keep the breaker out of it.
+        breaker={"window": "consecutive", "fail_max": 10_000},
         retry={"budget_min_retries": 3 if budget else 1_000_000, "base_s": 0.001, "cap_s": 0.002},
     )
     payments.reset()
