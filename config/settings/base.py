@@ -429,10 +429,12 @@ RESILIENCE = {
                 "statement_s": DB_REQUEST_STATEMENT_TIMEOUT_MS / 1000,
             },
             # Only connection-level failures and timeouts count (resilience.db). Every
-            # query is a call: a time window of 10 s sees hundreds in a busy process. A
-            # healthy query takes milliseconds; 1 s is half the statement timeout.
+            # query is a call, so a healthy request adds several successes and a failing
+            # one a single failure: a count window of 10 forgets the successes of before
+            # an outage within 5 failing requests (a time window would be dominated by
+            # them). A healthy query takes milliseconds; 1 s is half the statement timeout.
             "breaker": {
-                "window": env("POSTGRES_BREAKER_WINDOW", default="time"),
+                "window": env("POSTGRES_BREAKER_WINDOW", default="count"),
                 "window_size": env("POSTGRES_BREAKER_WINDOW_SIZE", default=10, cast=int),
                 "minimum_calls": env("POSTGRES_BREAKER_MIN_CALLS", default=5, cast=int),
                 "failure_rate": env("POSTGRES_BREAKER_FAILURE_RATE", default=0.5, cast=float),
@@ -481,12 +483,12 @@ RESILIENCE = {
                 "budget_window_s": 10.0,
                 "budget_min_retries": 3,
             },
-            # Opens on what users feel: half of the last 20 calls failed, or took longer
+            # Opens on what users feel: half of the last 10 calls failed, or took longer
             # than 0.4 s (healthy: tens of ms; the 800 ms slow fault is 2x this, under
             # the 1 s read timeout). docs/patterns/circuit-breaker.md explains the numbers.
             "breaker": {
                 "window": env("PAYMENTS_BREAKER_WINDOW", default="count"),
-                "window_size": env("PAYMENTS_BREAKER_WINDOW_SIZE", default=20, cast=int),
+                "window_size": env("PAYMENTS_BREAKER_WINDOW_SIZE", default=10, cast=int),
                 "minimum_calls": env("PAYMENTS_BREAKER_MIN_CALLS", default=5, cast=int),
                 "failure_rate": env("PAYMENTS_BREAKER_FAILURE_RATE", default=0.5, cast=float),
                 "slow_call_s": env("PAYMENTS_BREAKER_SLOW_CALL_S", default=0.4, cast=float),
