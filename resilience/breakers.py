@@ -50,6 +50,8 @@ CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreake
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 # A half-open episode's trial counters outlive any sane open period, then expire.
 TRIALS_TTL_S = 3600
+# What SharedStateStorage._redis answers when Redis cannot (None is "no such field").
+UNAVAILABLE = object()
 # The probe "lock" of process-local state (and of shared state while Redis is down).
 LOCAL_LOCK = "local"
 
@@ -310,11 +312,12 @@ class SharedStateStorage(MemoryStorage):
         self._read_at = 0.0
 
     def _redis(self, method: str, *args: Any) -> Any:
+        """The command's answer, or :data:`UNAVAILABLE` when Redis cannot answer."""
         guard = breaker("redis")
         try:
             return guard.call(getattr(self._client_factory(), method), *args)
         except (redis.RedisError, BreakerOpenError):
-            return None
+            return UNAVAILABLE
 
     def _trials_key(self, episode: str) -> str:
         return f"{self._key}:trials:{episode}"
@@ -322,8 +325,10 @@ class SharedStateStorage(MemoryStorage):
     @property
     def state(self) -> str:
         shared = self._redis("hget", self._key, "state")
-        if shared is not None:
-            self._mirror_state = shared
+        if shared is not UNAVAILABLE:
+            # Redis is the truth when it answers: no state there (never opened, or a
+            # Redis that restarted empty) is closed.
+            self._mirror_state = shared or CLOSED
             self._read_at = time.monotonic()
         return self._mirror_state
 
@@ -335,7 +340,7 @@ class SharedStateStorage(MemoryStorage):
     def shared_state(self) -> str | None:
         """The state Redis holds now (closed if never written); None when it cannot answer."""
         stored = self._redis("hgetall", self._key)
-        if stored is None:
+        if stored is UNAVAILABLE:
             return None
         return stored.get("state", CLOSED)
 
@@ -348,7 +353,7 @@ class SharedStateStorage(MemoryStorage):
     @property
     def opened_at(self) -> datetime | None:
         shared = self._redis("hget", self._key, "opened_at")
-        if shared is not None:
+        if shared not in (None, UNAVAILABLE):
             self._mirror_opened_at = datetime.fromtimestamp(float(shared), tz=UTC)
         return self._mirror_opened_at
 
@@ -360,7 +365,7 @@ class SharedStateStorage(MemoryStorage):
     def take_trial(self, episode: str) -> int:
         key = self._trials_key(episode)
         taken = self._redis("hincrby", key, "taken", 1)
-        if taken is None:
+        if taken is UNAVAILABLE:
             return super().take_trial(episode)
         self._redis("expire", key, TRIALS_TTL_S)
         return int(taken)
@@ -368,16 +373,18 @@ class SharedStateStorage(MemoryStorage):
     def record_trial(self, episode: str, failed: bool, slow: bool) -> tuple[int, int, int]:
         key = self._trials_key(episode)
         done = self._redis("hincrby", key, "done", 1)
-        if done is None:
+        if done is UNAVAILABLE:
             return super().record_trial(episode, failed, slow)
         failures = self._redis("hincrby", key, "failed", int(failed))
         slows = self._redis("hincrby", key, "slow", int(slow))
-        return int(done), int(failures or 0), int(slows or 0)
+        failures = 0 if failures is UNAVAILABLE else int(failures)
+        slows = 0 if slows is UNAVAILABLE else int(slows)
+        return int(done), failures, slows
 
     @property
     def forced(self) -> bool:
         shared = self._redis("hget", self._key, "forced")
-        if shared is not None:
+        if shared is not UNAVAILABLE:
             self._forced = shared == "1"
         return self._forced
 
@@ -389,7 +396,7 @@ class SharedStateStorage(MemoryStorage):
     @property
     def probe_alive_at(self) -> float:
         shared = self._redis("hget", self._key, "probe_alive_at")
-        if shared is not None:
+        if shared not in (None, UNAVAILABLE):
             self._probe_alive_at = float(shared)
         return self._probe_alive_at
 

@@ -308,9 +308,15 @@ def test_force_open_holds_until_closed():
 # --- Shared state -----------------------------------------------------------------------------
 
 
+def no_state_cache(settings) -> None:
+    """Processes see each other's transitions at once (in production: within 0.1 s)."""
+    settings.RESILIENCE = {**settings.RESILIENCE, "breaker_state_cache_s": 0.0}
+
+
 @pytest.mark.django_db
-def test_shared_state_is_seen_by_every_process():
+def test_shared_state_is_seen_by_every_process(settings):
     """Two breakers over the same Redis hash stand for two processes."""
+    no_state_cache(settings)
     web = make_breaker("shared-dep", storage=SharedStateStorage("shared-dep", _shared_state_redis))
     worker = make_breaker(
         "shared-dep", storage=SharedStateStorage("shared-dep", _shared_state_redis)
@@ -325,7 +331,8 @@ def test_shared_state_is_seen_by_every_process():
     assert web.current_state == "closed"
 
 
-def test_half_open_permits_are_counted_for_the_fleet_when_shared():
+def test_half_open_permits_are_counted_for_the_fleet_when_shared(settings):
+    no_state_cache(settings)
     storages = [SharedStateStorage("fleet-dep", _shared_state_redis) for _ in range(3)]
     fleet = [make_breaker("fleet-dep", storage=s, half_open_calls=2) for s in storages]
     fleet[0].open()
@@ -427,3 +434,32 @@ def test_pybreaker_version_and_the_public_behaviour_breaker_relies_on():
     assert cb.name == "pin"
     assert issubclass(BreakerOpenError, pybreaker.CircuitBreakerError)
     assert {pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN} == {"open", "half-open"}
+
+
+class CountingClient:
+    """The suite's real Redis client, counting the commands a breaker sends."""
+
+    def __init__(self) -> None:
+        self.client = _shared_state_redis()
+        self.sent: list[str] = []
+
+    def __getattr__(self, name):
+        self.sent.append(name)
+        return getattr(self.client, name)
+
+
+def test_a_closed_shared_breaker_reads_redis_once_per_cache_period(settings):
+    """Every Postgres query passes the breaker: it must not cost a Redis round trip each."""
+    settings.RESILIENCE = {**settings.RESILIENCE, "breaker_state_cache_s": 60.0}
+    counting = CountingClient()
+    cb = make_breaker("cached-dep", storage=SharedStateStorage("cached-dep", lambda: counting))
+    cb.call(lambda: None)
+    sent = len(counting.sent)
+    for _ in range(100):
+        cb.call(lambda: None)
+    assert len(counting.sent) == sent  # no Redis command for 100 calls
+    # An opening elsewhere is still seen once the cached read is older than the period.
+    settings.RESILIENCE = {**settings.RESILIENCE, "breaker_state_cache_s": 0.0}
+    make_breaker("cached-dep", storage=SharedStateStorage("cached-dep", _shared_state_redis)).open()
+    with pytest.raises(BreakerOpenError):
+        cb.call(lambda: None)
