@@ -52,8 +52,12 @@ class Scenario:
     extra_checks: tuple[Callable[[RunContext], Check], ...] = ()
     needs: frozenset[str] = frozenset()  # "owned_redis", "webhooks"
     prepare: Callable[[RunContext], None] | None = None  # setup after users exist
-    # Environment a harness-started stack gets for this scenario (make run: see README).
-    stack_env: dict[str, str] = field(default_factory=dict)
+    # "collapse": this scenario only shows anything above the capacity the fault leaves
+    # (chaos.scenarios.load), so it always runs at the collapse load.
+    load: str = "steady"
+    # Beside its baseline, the resilient run must show a p99 at least this many times
+    # lower, or the baseline must fail requests the resilient run served (issue 12).
+    beats_baseline_by: float | None = None
     default_duration_s: float = 30.0
     ci_duration_s: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)

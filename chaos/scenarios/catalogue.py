@@ -47,9 +47,22 @@ def _bulkhead_isolates_reads(ctx: RunContext) -> Check:
 
 
 def _bulkhead_rejected(ctx: RunContext) -> Check:
+    """Under a load whose payments calls outnumber the bulkhead's slots, it must refuse."""
     rejected = ctx.summary["bulkhead_rejected"]
+    stack = ctx.endpoints.settings
+    bulkhead = (stack.policy("payments").get("bulkhead") or {}) if stack else {}
+    size = bulkhead.get("max_concurrent")
+    load = ctx.config["load"]
+    if size is None or not load.get("hold_s"):
+        return Check("bulkhead shed the excess", None, "no payments bulkhead in the settings")
+    slots = int(size) * stack.web_workers
+    wanted = ctx.config["rps"] * load["share"] * load["hold_s"]
     return Check(
-        "bulkhead shed the excess", rejected >= 1, f"{rejected:.0f} calls refused by the bulkhead"
+        "bulkhead shed the excess",
+        rejected >= 1,
+        f"{rejected:.0f} calls refused by the bulkhead; the load asks for about "
+        f"{wanted:.0f} payments calls at once, the bulkhead has {size} per process x "
+        f"{stack.web_workers} processes = {slots} (settings)",
     )
 
 
@@ -88,6 +101,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             name="redis-down",
+            beats_baseline_by=10.0,
             summary="Redis unreachable (network down through the proxy)",
             fault=ProxyDown("redis"),
             dependency="redis",
@@ -109,8 +123,11 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="postgres-slow",
+            beats_baseline_by=10.0,
             summary="Every Postgres round trip 50 ms slower (latency toxic, 20 ms jitter)",
             fault=ProxyToxic("postgres", "latency", (("latency", 50), ("jitter", 20))),
+            # For the collapse load: a create and a read each make several round trips.
+            extra={"round_trips_per_request": 6},
             dependency="postgres",
             expect_breaker=False,  # slow is not down: statement timeouts, not the breaker
             p99_bound_s=6.0,  # the request deadline (5 s) plus queueing
@@ -122,6 +139,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="postgres-down",
+            beats_baseline_by=10.0,
             summary="Postgres unreachable (network down through the proxy)",
             fault=ProxyDown("postgres"),
             dependency="postgres",
@@ -132,6 +150,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="payments-503",
+            beats_baseline_by=10.0,
             summary="The payment provider answers 503 (Retry-After: 1) to every call",
             fault=SimulatorFaults(
                 "payments", (("error_rate", 1.0), ("error_status", 503), ("retry_after", 1))
@@ -147,6 +166,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="payments-slow",
+            beats_baseline_by=10.0,
             summary="The payment provider takes 2 s per call (read timeout 1 s)",
             fault=SimulatorFaults("payments", (("latency_ms", 2000),)),
             dependency="payments",
@@ -211,9 +231,9 @@ SCENARIOS: dict[str, Scenario] = {
             settle_deferred=True,
             extra_checks=(_bulkhead_rejected, _bulkhead_isolates_reads),
             extra={"read_p99_bound_s": 1.0},
-            # Two slots per process, below the 4 threads of a gunicorn worker: calls
-            # beyond them are refused at once instead of holding every thread.
-            stack_env={"PAYMENTS_BULKHEAD_MAX": "2"},
+            # At 10 requests/s the shipped bulkhead never fills; above the capacity the
+            # fault leaves, calls beyond its slots are refused at once.
+            load="collapse",
         ),
     )
 }

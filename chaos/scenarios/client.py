@@ -53,8 +53,13 @@ def request(
     body: Any = None,
     headers: dict[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    source_ip: str | None = None,
 ) -> Answer:
-    """Send one request on a fresh connection; never raises for network trouble."""
+    """Send one request on a fresh connection; never raises for network trouble.
+
+    ``source_ip`` (a loopback address such as 127.0.0.7) is the client's address, so a
+    test can be many clients for per-IP limits while never leaving the machine.
+    """
     parts = urlsplit(url)
     if parts.hostname not in LOOPBACK_HOSTS:
         raise ChaosError(f"refusing to send a request to {url!r}")
@@ -65,8 +70,15 @@ def request(
     path = parts.path or "/"
     if parts.query:
         path += f"?{parts.query}"
+    source = None
+    if source_ip is not None:
+        if not source_ip.startswith("127."):
+            raise ChaosError(f"source address {source_ip!r} is not a loopback address")
+        source = (source_ip, 0)
     started = time.perf_counter()
-    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    connection = http.client.HTTPConnection(
+        parts.hostname, parts.port or 80, timeout=timeout, source_address=source
+    )
     try:
         connection.request(method, path, body=payload, headers=sent_headers)
         response = connection.getresponse()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chaos.scenarios.client import ChaosError, request
 from chaos.toxiproxy_client import ToxiproxyClient, ToxiproxyError
+
+if TYPE_CHECKING:
+    from chaos.scenarios.load import StackSettings
 
 # The switches of chaos._httpserver.FaultConfig, all off: what "heal" sends.
 NO_FAULTS = {
@@ -46,6 +49,7 @@ class Endpoints:
     has_worker: bool = True  # a Celery worker + beat settle deferred work
     label: str = "external stack"
     env: dict[str, str] = field(default_factory=dict)  # what a harness-started stack got
+    settings: StackSettings | None = None  # its worker model and policies (collapse load)
 
     @property
     def proxy(self) -> ToxiproxyClient:

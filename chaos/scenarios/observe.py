@@ -48,6 +48,17 @@ def breaker_states(metrics: Metrics) -> dict[str, int]:
     }
 
 
+def breaker_openings(metrics: Metrics) -> dict[str, float]:
+    """Dependency -> transitions to open so far (summed over processes)."""
+    opened: dict[str, float] = {}
+    for (name, labels), value in metrics.items():
+        label = dict(labels)
+        if name == "resilience_breaker_transitions_total" and label.get("to_state") == "open":
+            dependency = label.get("dependency", "")
+            opened[dependency] = opened.get(dependency, 0.0) + value
+    return opened
+
+
 def fetch_metrics(base_url: str) -> Metrics | None:
     answer = request("GET", f"{base_url}/metrics", timeout=5)
     if answer.status != 200 or not isinstance(answer.body, str):
@@ -72,6 +83,7 @@ class Observation:
     breakers: Mapping[str, int] = field(default_factory=dict)
     ready_status: int = 0
     degraded: list[str] = field(default_factory=list)
+    opened: Mapping[str, float] = field(default_factory=dict)  # transitions to open so far
 
 
 class Observer:
@@ -105,4 +117,6 @@ class Observer:
         t = time.monotonic() - self.t0
         metrics = fetch_metrics(self.base_url)
         status, degraded = fetch_readiness(self.base_url)
-        return Observation(t, breaker_states(metrics) if metrics else {}, status, degraded)
+        if not metrics:
+            return Observation(t, {}, status, degraded)
+        return Observation(t, breaker_states(metrics), status, degraded, breaker_openings(metrics))

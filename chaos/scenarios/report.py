@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.scenarios.observe import BREAKER_STATES
-from chaos.scenarios.runner import RunContext, percentile
+from chaos.scenarios.runner import RunContext, compare_with_baseline, percentile
 from chaos.scenarios.traffic import NOT_SENT, Sample
 
 # Status classes of the timeline, bottom to top, with their colours.
@@ -67,6 +67,8 @@ def to_json(ctx: RunContext, baseline: RunContext | None = None) -> dict[str, An
     if baseline is not None:
         data["baseline"] = _run_json(baseline)
         data["comparison"] = comparison(ctx, baseline)
+        if ctx.summary and baseline.summary:
+            data["beside_baseline"] = compare_with_baseline(ctx, baseline)
     return data
 
 
@@ -145,6 +147,7 @@ def _figures(s: dict[str, Any]) -> list[tuple[str, str]]:
             f"{v('breaker_opened')} / {v('breaker_refusals')}",
         ),
         ("breaker closed after heal", v("breaker_closed_after_heal_s", "s")),
+        ("user requests slow after the breaker first opened", _slow_line(s)),
         ("calls reaching the dependency during the fault", v("calls_to_dependency_during_fault")),
         (
             "payments retries / budget refusals / bulkhead refusals",
@@ -161,11 +164,98 @@ def _figures(s: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+CLASS_ROWS = [
+    ("goodput (2xx answers/s, deferred included)", "goodput_rps", "rate"),
+    ("p50", "p50_s", "ms"),
+    ("p99", "p99_s", "ms"),
+    ("requests sent / not sent (client cap)", ("requests", "not_sent"), "pair"),
+    ("served (2xx)", "served", "n"),
+    ("deferred (201 pending_payment)", "deferred", "n"),
+    ("shed (503 / 429)", ("shed_503", "shed_429"), "pair"),
+    ("409 (same key in flight)", "conflicts_409", "n"),
+    ("other errors and no answer", "errors", "n"),
+]
+CLASS_NAMES = {"reads": "reads (GET order, list)", "orders": "order creation (POST)"}
+
+
+def _class_value(figures: dict[str, Any], key: Any, unit: str) -> str:
+    if unit == "pair":
+        return " / ".join(str(figures[k]) for k in key)
+    if unit == "rate":
+        return f"{figures[key]:.1f}/s"
+    return _value(figures[key], unit)
+
+
+def _class_table(ctx: RunContext, baseline: RunContext | None) -> list[str]:
+    """Per endpoint class during the fault; the baseline beside it when there is one."""
+    ours = ctx.summary["classes"]
+    theirs = baseline.summary["classes"] if baseline is not None and baseline.summary else None
+    lines = ["", "## Per endpoint class, during the fault", ""]
+    if theirs is None:
+        lines += ["| figure | reads | order creation |", "|---|---|---|"]
+        for label, key, unit in CLASS_ROWS:
+            values = [_class_value(ours[c], key, unit) for c in ("reads", "orders")]
+            lines.append(f"| {label} | {' | '.join(values)} |")
+        return lines
+    lines += ["| class | figure | resilient | baseline |", "|---|---|---|---|"]
+    for name in ("reads", "orders"):
+        for label, key, unit in CLASS_ROWS:
+            mine = _class_value(ours[name], key, unit)
+            other = _class_value(theirs[name], key, unit)
+            lines.append(f"| {CLASS_NAMES[name]} | {label} | {mine} | {other} |")
+    return lines
+
+
+def _slow_line(s: dict[str, Any]) -> str:
+    slow = s["slow_after_open"]
+    if slow["count"] is None:
+        return f"not counted ({slow['source']})"
+    opened = s["breaker_first_open_s"] - s["t_inject"]
+    return (
+        f"{slow['count']} slower than {slow['threshold_s'] * 1000:.0f} ms "
+        f"({slow['source']}), after the breaker first opened {opened:.1f} s into the "
+        f"fault; bound {slow['bound']} (one per web process)"
+    )
+
+
+def _beside(ctx: RunContext, baseline: RunContext) -> list[str]:
+    found = compare_with_baseline(ctx, baseline)
+
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f}x"
+
+    lines = [
+        "",
+        "| beside the baseline | value |",
+        "|---|---|",
+        f"| baseline p99 / resilient p99, all requests | {ratio(found['p99_ratio'])} |",
+    ]
+    for name, figures in found["classes"].items():
+        lines.append(f"| baseline p99 / resilient p99, {name} | {ratio(figures['p99_ratio'])} |")
+    for name, figures in found["classes"].items():
+        mine = figures["served_share_resilient"]
+        other = figures["served_share_baseline"]
+        if mine is None or other is None:
+            continue
+        answer = "yes" if figures["baseline_failed_what_resilient_served"] else "no"
+        lines.append(
+            f"| baseline failed {name} the resilient run served | {answer} "
+            f"(served {mine:.0%} resilient, {other:.0%} baseline) |"
+        )
+    lines.append(
+        "| requests slower than the slow-call threshold after the breaker first opened "
+        f"| {found['slow_after_open_resilient']} resilient, "
+        f"{found['slow_after_open_baseline']} baseline (same offset: no breaker there) |"
+    )
+    return lines
+
+
 def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: str = "") -> str:
     sc, s = ctx.scenario, ctx.summary
     cfg = ctx.config
     traffic = (
-        f"{cfg['rps']:g} requests/s from {cfg['users']} users ({sc.create_share:.0%} "
+        f"{cfg['rps']:g} requests/s, open loop, from {cfg['users']} users on as many "
+        f"loopback addresses (up to 250) ({sc.create_share:.0%} "
         "POST /api/v1/orders with Idempotency-Key, the rest GETs); "
         f"steady {cfg['steady_s']:g} s, fault {cfg['duration_s']:g} s"
     )
@@ -178,6 +268,7 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
         f"- What users should see: {sc.what_users_see}",
         f"- Stack: {cfg['stack']}; RESILIENCE_ENABLED={cfg['resilience_enabled']}",
         f"- Traffic: {traffic}",
+        f"- Load: {cfg['load']['description']}",
     ]
     if command:
         lines.append(f"- Command: `{command}`")
@@ -186,6 +277,9 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
         result = {True: "pass", False: "**FAIL**", None: "skipped"}[check.passed]
         lines.append(f"| {check.name} | {result} | {check.detail} |")
     if s:
+        lines += _class_table(ctx, baseline)
+        if baseline is not None and baseline.summary:
+            lines += _beside(ctx, baseline)
         lines += ["", "## Figures", "", "| figure | value |", "|---|---|"]
         lines += [f"| {label} | {value} |" for label, value in _figures(s)]
         lines += ["", "![timeline](timeline.png)"]
@@ -204,7 +298,7 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
             "|---|---|---|",
         ]
         for label, key, unit in COMPARED:
-            ours, theirs = ctx.summary.get(key), baseline.summary.get(key)
+            ours, theirs = s.get(key), baseline.summary.get(key)
             lines.append(f"| {label} | {_value(ours, unit)} | {_value(theirs, unit)} |")
         lines += ["", "![baseline timeline](timeline-baseline.png)"]
     lines += ["", "## How to read this", "", HOW_TO_READ, ""]

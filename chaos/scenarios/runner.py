@@ -10,19 +10,31 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from chaos.scenarios.base import Check, Scenario, documented
 from chaos.scenarios.client import ChaosError, request, require_loopback
 from chaos.scenarios.faults import Endpoints
+from chaos.scenarios.load import (
+    COLLAPSE_CEILING_RPS,
+    LoadPlan,
+    collapse_plan,
+    slow_call_threshold,
+    users_for,
+)
 from chaos.scenarios.observe import Metrics, Observer, fetch_metrics, fetch_readiness, metric_sum
-from chaos.scenarios.traffic import NOT_SENT, Sample, Traffic, User, UserPool, orders_by_key
+from chaos.scenarios.traffic import (
+    ENDPOINT_CLASSES,
+    NOT_SENT,
+    Sample,
+    Traffic,
+    User,
+    make_users,
+    orders_by_key,
+)
 
 STEADY_TIMEOUT_S = 60.0
-# Each user places at most this many orders per second: the per-user order limit
-# (orders_create) refills at 1/s, and the experiment is about faults, not that limit.
-ORDERS_PER_USER_PER_S = 0.5
+MAX_IN_FLIGHT = 400  # client threads at most (collapse load against a stalled baseline)
 Log = Callable[[str], None]
 
 
@@ -47,6 +59,7 @@ class RunContext:
     counts_before: dict[int, int] = field(default_factory=dict)
     counts_after: dict[int, int] = field(default_factory=dict)
     missing_orders: list[str] = field(default_factory=list)
+    missing_answers: dict[str, int] = field(default_factory=dict)  # status -> count
     double_authorizations: int | None = None
     unsettled: list[str] | None = None
     checks: list[Check] = field(default_factory=list)
@@ -58,6 +71,14 @@ class RunContext:
 
     def during_fault(self) -> list[Sample]:
         return [s for s in self.samples if self.t_inject <= s.t < self.t_heal]
+
+    @property
+    def resilient(self) -> bool:
+        return self.endpoints.env.get("RESILIENCE_ENABLED", "true").lower() != "false"
+
+    @property
+    def collapse(self) -> bool:
+        return self.config.get("load", {}).get("mode") == "collapse"
 
     @property
     def passed(self) -> bool:
@@ -151,30 +172,47 @@ def run_scenario(
     steady_s: float | None = None,
     recover_timeout_s: float | None = None,
     users: int | None = None,
-    user_cache: Path | None = None,
+    load: str = "steady",
+    collapse_ceiling_rps: float = COLLAPSE_CEILING_RPS,
     log: Log = print,
     seed: int | None = None,
 ) -> RunContext:
-    """Run ``scenario`` against ``endpoints`` and return everything it saw, checks included."""
+    """Run ``scenario`` against ``endpoints`` and return everything it saw, checks included.
+
+    ``load="collapse"`` (and scenarios that only make sense under it) ignores ``rps`` and
+    drives the collapse load computed from the stack's settings (chaos.scenarios.load).
+    """
     base_url = require_loopback(endpoints.base_url)
     if "owned_redis" in scenario.needs and endpoints.redis is None:
         raise ChaosError(f"{scenario.name} kills a Redis the harness owns: use --stack local")
     duration = scenario.default_duration_s if duration_s is None else duration_s
     steady = steady_s if steady_s is not None else min(10.0, max(2.0, duration / 3))
     recover_timeout = recover_timeout_s or max(30.0, 2 * scenario.recover_bound_s)
-    user_count = users or max(2, math.ceil(rps * scenario.create_share / ORDERS_PER_USER_PER_S))
+    stack = endpoints.settings
+    mode = "collapse" if load == "collapse" or scenario.load == "collapse" else "steady"
+    if mode == "collapse":
+        if stack is None:
+            raise ChaosError("collapse load needs the settings of the stack under test")
+        plan = collapse_plan(scenario, stack, ceiling_rps=collapse_ceiling_rps)
+        rps = plan.rps
+    else:
+        plan = LoadPlan(mode="steady", rps=rps)
+    user_count = users or users_for(stack, rps * scenario.create_share)
     config = {
         "duration_s": duration,
         "rps": rps,
+        "load": plan.to_dict(),
         "steady_s": steady,
         "recover_timeout_s": recover_timeout,
         "users": user_count,
         "fault": scenario.fault.description,
         "stack": endpoints.label,
         "resilience_enabled": endpoints.env.get("RESILIENCE_ENABLED", "true (stack default)"),
+        "stack_settings": stack.to_dict() if stack else None,
     }
+    log(f"[{scenario.name}] {plan.describe()}")
     log(f"[{scenario.name}] {user_count} users on {base_url}; fault: {scenario.fault.description}")
-    pool = UserPool(base_url, cache_path=user_cache).ensure(user_count)
+    pool = make_users(base_url, user_count)
     scenario.fault.heal(endpoints)  # a leftover from an interrupted run would spoil the baseline
 
     max_seconds = steady + duration + recover_timeout + 5
@@ -190,6 +228,9 @@ def run_scenario(
         t0=0.0,  # set below, once steady state is reached
         max_seconds=max_seconds,
         max_requests=int(rps * max_seconds * 1.5) + storm_requests,
+        # Under collapse load the baseline's answers take seconds: the client must keep
+        # sending (open loop), so it allows a few seconds' worth of requests in flight.
+        max_in_flight=max(32, min(MAX_IN_FLIGHT, math.ceil(rps * 4))),
         create_share=scenario.create_share,
         seed=seed,
     )
@@ -314,6 +355,7 @@ def _verify_orders(ctx: RunContext) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         found = list(pool.map(fetch, created.items()))
     ctx.missing_orders = [oid for oid, code, _ in found if code != 200]
+    ctx.missing_answers = dict(Counter(str(code) for _, code, _ in found if code != 200))
     ctx.counts_after = {i: _order_count(base, u) or 0 for i, u in enumerate(ctx.users)}
     if ctx.scenario.calls_to == "payments" or ctx.scenario.settle_deferred:
         ctx.double_authorizations = _double_authorizations(ctx)
@@ -357,6 +399,83 @@ def _wait_settled(ctx: RunContext, pending: list[str], owners: dict[str, int]) -
 # -- figures and checks -------------------------------------------------------------------
 
 
+def breaker_first_open(ctx: RunContext) -> float | None:
+    """When the faulted dependency's breaker was first seen open during the fault (run
+    clock; /metrics polled every 0.5 s, so up to that much after the transition)."""
+    dependency = ctx.scenario.dependency
+    if not dependency:
+        return None
+    observations = ctx.observer.observations
+    earlier = [o for o in observations if o.t < ctx.t_inject and o.opened]
+    baseline = earlier[-1].opened.get(dependency, 0.0) if earlier else None
+    if baseline is None:
+        baseline = metric_sum(
+            ctx.metrics_before,
+            "resilience_breaker_transitions_total",
+            dependency=dependency,
+            to_state="open",
+        )
+    for obs in observations:
+        if obs.t < ctx.t_inject or obs.t > ctx.t_heal:
+            continue
+        if obs.breakers.get(dependency, 0) == 2 or obs.opened.get(dependency, 0.0) > baseline:
+            return obs.t
+    return None
+
+
+def slow_after_open(ctx: RunContext, since: float | None) -> dict[str, Any]:
+    """User requests slower than the breaker's slow-call threshold, started between
+    ``since`` (the breaker's first opening) and the heal."""
+    dependency = ctx.scenario.dependency
+    stack = ctx.endpoints.settings
+    if not dependency or stack is None:
+        return {"count": None, "threshold_s": None, "source": "no breaker or no settings"}
+    threshold, source = slow_call_threshold(stack, dependency)
+    if threshold is None or since is None:
+        return {"count": None, "threshold_s": threshold, "source": source, "since": since}
+    slow = [
+        s
+        for s in ctx.samples
+        if s.status != NOT_SENT and since <= s.t < ctx.t_heal and s.latency_s > threshold
+    ]
+    return {
+        "count": len(slow),
+        "threshold_s": threshold,
+        "source": source,
+        "since": since,
+        "by_class": dict(Counter(ENDPOINT_CLASSES.get(s.op, s.op) for s in slow)),
+        "bound": stack.web_workers,  # one per web process (issue: the probe does the trials)
+    }
+
+
+def class_figures(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """Per endpoint class, during the fault: goodput, latency, deferred and shed answers."""
+    window = max(1e-9, ctx.t_heal - ctx.t_inject)
+    figures = {}
+    for name in ("reads", "orders"):
+        group = [s for s in ctx.during_fault() if ENDPOINT_CLASSES.get(s.op) == name]
+        sent = [s for s in group if s.status != NOT_SENT]
+        served = [s for s in sent if s.status in (200, 201)]
+        shed = [s for s in sent if s.status in (429, 503)]
+        latencies = [s.latency_s for s in sent]
+        figures[name] = {
+            "requests": len(sent),
+            "not_sent": len(group) - len(sent),
+            "served": len(served),
+            "goodput_rps": len(served) / window,
+            "p50_s": percentile(latencies, 0.5),
+            "p99_s": percentile(latencies, 0.99),
+            "deferred": sum(1 for s in served if s.order_status == "pending_payment"),
+            "shed": len(shed),
+            "shed_503": sum(1 for s in shed if s.status == 503),
+            "shed_429": sum(1 for s in shed if s.status == 429),
+            "conflicts_409": sum(1 for s in sent if s.status == 409),
+            "errors": sum(1 for s in sent if s.status not in (200, 201, 409, 429, 503)),
+            "unserved": len(group) - len(served),
+        }
+    return figures
+
+
 def summarise(ctx: RunContext) -> dict[str, Any]:
     samples = ctx.samples
     fault = ctx.during_fault()
@@ -381,14 +500,20 @@ def summarise(ctx: RunContext) -> dict[str, Any]:
             closed_at = closed_at if closed_at is not None else obs.t
         else:
             closed_at = None
+    first_open = breaker_first_open(ctx)
     return {
+        "classes": class_figures(ctx),
+        "breaker_first_open_s": first_open,
+        "slow_after_open": slow_after_open(ctx, first_open),
         "requests": len(sent),
         "not_sent": len(samples) - len(sent),
         "by_status": dict(sorted(Counter(str(s.status) for s in samples).items())),
         "fault_by_status": dict(sorted(Counter(str(s.status) for s in fault).items())),
         "failed": sum(1 for s in samples if s.status not in (200, 201)),
         "failed_during_fault": sum(1 for s in fault if s.status not in (200, 201)),
-        "undocumented": sum(1 for s in samples if not documented(s)),
+        # Ticks the client could not send (its in-flight cap) are no answer of the
+        # stack's: counted under not_sent and in each class's unserved requests.
+        "undocumented": sum(1 for s in sent if not documented(s)),
         "degraded_orders": sum(1 for s in samples if s.order_status == "pending_payment"),
         "p50_steady_s": percentile(steady_lat, 0.5),
         "p99_steady_s": percentile(steady_lat, 0.99),
@@ -449,7 +574,8 @@ def evaluate(ctx: RunContext) -> list[Check]:
             "no lost orders",
             s["orders_missing"] == 0,
             f"{s['orders_confirmed']} orders confirmed with 201, "
-            f"{s['orders_missing']} not found after",
+            f"{s['orders_missing']} not found after"
+            + (f" (answers {ctx.missing_answers})" if ctx.missing_answers else ""),
         ),
         _duplicates(s),
         Check(
@@ -495,8 +621,23 @@ def evaluate(ctx: RunContext) -> list[Check]:
                 f"{s['unsettled_deferred']} orders still unpaid",
             )
         )
+    if sc.expect_breaker and ctx.collapse and ctx.resilient:
+        checks.append(_slow_after_open_check(s["slow_after_open"]))
     checks += [check(ctx) for check in sc.extra_checks]
     return checks
+
+
+def _slow_after_open_check(slow: dict[str, Any]) -> Check:
+    name = "at most one slow request per process after the breaker opened"
+    if slow["count"] is None:
+        return Check(name, None, f"not counted: {slow['source']}")
+    return Check(
+        name,
+        slow["count"] <= slow["bound"],
+        f"{slow['count']} user requests slower than {slow['threshold_s'] * 1000:.0f} ms "
+        f"({slow['source']}) started after the breaker first opened and before the heal; "
+        f"bound {slow['bound']} (web processes)",
+    )
 
 
 def _duplicates(s: dict[str, Any]) -> Check:
@@ -511,4 +652,82 @@ def _duplicates(s: dict[str, Any]) -> Check:
         f"{s['keys_with_several_orders']} keys "
         f"with several orders, server holds {s['server_order_delta']} new orders, "
         f"double authorisations {s['double_authorizations']}",
+    )
+
+
+# -- beside the baseline ------------------------------------------------------------------
+
+
+def _ratio(theirs: float | None, ours: float | None) -> float | None:
+    if theirs is None or ours is None or ours <= 0:
+        return None
+    return theirs / ours
+
+
+def compare_with_baseline(ctx: RunContext, baseline: RunContext) -> dict[str, Any]:
+    """The resilient run against its baseline: p99 ratios, who served what, slow requests."""
+    ours, theirs = ctx.summary, baseline.summary
+    classes = {}
+    failed_more = []
+    for name in ("reads", "orders"):
+        mine, other = ours["classes"][name], theirs["classes"][name]
+        total_mine = mine["requests"] + mine["not_sent"]
+        total_other = other["requests"] + other["not_sent"]
+        served_mine = mine["served"] / total_mine if total_mine else None
+        served_other = other["served"] / total_other if total_other else None
+        # The two runs send different requests: compare the share each one served.
+        more = (
+            served_mine is not None
+            and served_other is not None
+            and served_other < served_mine - 0.01
+        )
+        if more:
+            failed_more.append(name)
+        classes[name] = {
+            "p99_ratio": _ratio(other["p99_s"], mine["p99_s"]),
+            "served_share_resilient": served_mine,
+            "served_share_baseline": served_other,
+            "baseline_failed_what_resilient_served": more,
+        }
+    offset = None
+    if ours["breaker_first_open_s"] is not None:
+        offset = ours["breaker_first_open_s"] - ctx.t_inject
+    baseline_slow = slow_after_open(
+        baseline, None if offset is None else baseline.t_inject + offset
+    )
+    return {
+        "p99_ratio": _ratio(theirs["p99_fault_s"], ours["p99_fault_s"]),
+        "classes": classes,
+        "baseline_failed_what_resilient_served": failed_more,
+        "slow_after_open_resilient": ours["slow_after_open"]["count"],
+        "slow_after_open_baseline": baseline_slow["count"],
+        "slow_after_open_baseline_note": (
+            "the baseline has no breaker: counted from the same offset after injection"
+        ),
+    }
+
+
+def beats_baseline_check(ctx: RunContext, comparison: dict[str, Any]) -> Check:
+    """Issue 12: a p99 ``beats_baseline_by`` times lower, or the baseline failed requests
+    that the resilient run served (says which)."""
+    factor = ctx.scenario.beats_baseline_by or 0
+    ratio = comparison["p99_ratio"]
+    failed = comparison["baseline_failed_what_resilient_served"]
+    by_ratio = ratio is not None and ratio >= factor
+    parts = [f"baseline p99 / resilient p99 = {'n/a' if ratio is None else f'{ratio:.1f}'}x"]
+    for name, figures in comparison["classes"].items():
+        mine, other = figures["served_share_resilient"], figures["served_share_baseline"]
+        if mine is not None and other is not None:
+            parts.append(f"{name} served {mine:.0%} resilient vs {other:.0%} baseline")
+    reason = (
+        f"p99 {ratio:.1f}x lower"
+        if by_ratio
+        else f"baseline failed {', '.join(failed)} the resilient run served"
+        if failed
+        else f"neither: p99 not {factor:g}x lower and the baseline served as much"
+    )
+    return Check(
+        f"beats the baseline (p99 {factor:g}x lower, or serves what it fails)",
+        by_ratio or bool(failed),
+        f"{reason}; " + "; ".join(parts),
     )

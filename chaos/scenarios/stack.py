@@ -28,6 +28,7 @@ from chaos.proxy import ProxyServer
 from chaos.receiver import ReceiverService
 from chaos.scenarios.client import ChaosError, request
 from chaos.scenarios.faults import Endpoints
+from chaos.scenarios.load import settings_of_env
 from chaos.toxiproxy_client import ToxiproxyClient
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -36,9 +37,9 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 
 # Compressed time for CI and local runs: breakers re-try after 1-2 s instead of 5-60 s,
-# deferred payments and webhook retries start within a second. Signup and login limits
-# are raised so an experiment can make its users (the limits themselves are not under
-# test here); the per-user order limit is untouched.
+# deferred payments and webhook retries start within a second. Durations only: the
+# worker model, bulkheads, timeouts and rate limits stay the shipped ones (experiments
+# make their users in the database, not through the rate-limited signup).
 COMPRESSED_ENV = {
     "POSTGRES_BREAKER_RESET_S": "1",
     "PAYMENTS_BREAKER_RESET_S": "2",
@@ -52,11 +53,6 @@ COMPRESSED_ENV = {
     "WEBHOOKS_RETRY_CAP_S": "2",
     "WEBHOOKS_BREAKER_JITTER_S": "0.5",
     "WEBHOOKS_SWEEP_INTERVAL_S": "1",
-    "RATELIMIT_POLICY_OVERRIDES": (
-        '{"signup": {"capacity": 1000, "refill_rate": 100}, '
-        '"login_ip": {"capacity": 1000, "refill_rate": 100}, '
-        '"login_username": {"capacity": 100, "refill_rate": 10}}'
-    ),
 }
 
 
@@ -171,7 +167,7 @@ class LocalStack:
         base_env: dict[str, str],
         resilience_enabled: bool = True,
         worker: bool = True,
-        web_workers: int = 2,
+        web_workers: int | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.database_url = database_url
@@ -233,12 +229,18 @@ class LocalStack:
             "PAYMENTS_URL": f"http://{listen['payments']}",
             "RESILIENCE_ENABLED": "true" if self.resilience_enabled else "false",
             "WEB_PORT": str(web_port),
-            "WEB_WORKERS": str(self.web_workers),
             "WORKER_METRICS_PORT": "0",
             "PATH": f"{BIN}{os.pathsep}{self.base_env.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
+        if self.web_workers is not None:
+            env["WEB_WORKERS"] = str(self.web_workers)
+        # What the stack runs on (WEB_WORKERS, WEB_THREADS, policies): read from its own
+        # settings, so that loads and checks follow the shipped defaults.
+        stack_settings = settings_of_env(
+            {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        )
         for name in ("web", "worker"):
             (metrics_dir / name).mkdir(parents=True)
         web = Process(
@@ -273,9 +275,11 @@ class LocalStack:
             receiver_url=receiver.api_url,
             redis=redis,
             has_worker=self.worker,
-            label=f"harness stack ({self.web_workers} gunicorn workers"
+            label=f"harness stack ({stack_settings.web_workers} gunicorn workers x "
+            f"{stack_settings.web_threads} threads"
             f"{', a Celery worker' if self.worker else ''}; compressed timings)",
             env=env,
+            settings=stack_settings,
         )
         return self.endpoints
 

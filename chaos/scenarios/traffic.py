@@ -11,114 +11,74 @@ is retried with the same key after ``Retry-After`` (capped, jittered).
 from __future__ import annotations
 
 import contextlib
-import json
 import random
-import secrets
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.scenarios.client import Answer, ChaosError, request
 
 NOT_SENT = -1  # status of a tick the client could not send (too many requests in flight)
 ORDER = {"currency": "EUR", "items": [{"sku": "chaos-widget", "quantity": 1, "unit_price": 1999}]}
+# Endpoint classes of the report: what a user does, not which URL.
+ENDPOINT_CLASSES = {"get": "reads", "list": "reads", "create": "orders", "storm": "orders"}
 RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
+
+
+# Users get source addresses 127.0.0.2 ... 127.0.0.251 in turn (all loopback), so that the
+# per-IP limits (flood) see many clients, as they would in production, not one.
+SOURCE_ADDRESSES = 250
 
 
 @dataclass
 class User:
     email: str
-    password: str
     token: str = ""
+    source_ip: str | None = None
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Token {self.token}"}
 
 
-class UserPool:
-    """Make (or reuse) ``n`` users with tokens, through signup and login like any client.
+def make_users(base_url: str, count: int) -> list[User]:
+    """``count`` new users with API tokens, written straight into the stack's database.
 
-    Signup and login are rate-limited per IP (10 signups an hour by default), so users
-    made against a long-lived stack are kept in ``cache_path`` and reused while their
-    tokens work. See chaos/README.md for ``RATELIMIT_POLICY_OVERRIDES``.
+    Signup and login are rate-limited per IP; making users through them would need a
+    harness override of those limits, which production does not ship. The users and
+    tokens are rows like any others (an unusable password: nobody logs in as them).
+    Needs Django set up on the database the stack uses (the command's or the test's).
     """
+    from django.db import transaction
+    from rest_framework.authtoken.models import Token
 
-    def __init__(self, base_url: str, *, cache_path: Path | None = None) -> None:
-        self.base_url = base_url
-        self.cache_path = cache_path
+    from accounts.models import User as Account
 
-    def ensure(self, count: int) -> list[User]:
-        """Return ``count`` users whose tokens work right now."""
-        users = [u for u in self._load() if self._usable(u)][:count]
-        while len(users) < count:
-            users.append(self._signup())
-        self._save(users)
-        return users
-
-    def _usable(self, user: User) -> bool:
-        if (
-            user.token
-            and request("GET", f"{self.base_url}/api/v1/auth/me", headers=user.auth).status == 200
-        ):
-            return True
-        return self._login(user, required=False)
-
-    def _login(self, user: User, *, required: bool) -> bool:
-        credentials = {"email": user.email, "password": user.password}
-        answer = request("POST", f"{self.base_url}/api/v1/auth/login", body=credentials)
-        if answer.status == 200:
-            user.token = answer.body["token"]
-            return True
-        if required:
-            raise ChaosError(_setup_failure("login", answer))
-        return False
-
-    def _signup(self) -> User:
-        user = User(
-            f"chaos-{uuid.uuid4().hex[:12]}@example.com", secrets.token_urlsafe(18) + "-Aa1"
+    run = uuid.uuid4().hex[:10]
+    accounts = [Account(email=f"chaos-{run}-{i}@example.com") for i in range(count)]
+    for account in accounts:
+        account.set_unusable_password()
+    with transaction.atomic():
+        Account.objects.bulk_create(accounts)
+        saved = list(Account.objects.filter(email__startswith=f"chaos-{run}-").order_by("id"))
+        tokens = [Token(key=Token.generate_key(), user=account) for account in saved]
+        Token.objects.bulk_create(tokens)
+    users = [
+        User(t.user.email, t.key, f"127.0.0.{2 + i % SOURCE_ADDRESSES}")
+        for i, t in enumerate(tokens)
+    ]
+    me = request("GET", f"{base_url}/api/v1/auth/me", headers=users[0].auth)
+    if me.status != 200:
+        raise ChaosError(
+            f"users made in this process's database are unknown to {base_url} "
+            f"(GET /api/v1/auth/me -> {me.status} {me.error or me.body!r:.200}): run the "
+            "command with the DATABASE_URL of the stack under test"
         )
-        credentials = {"email": user.email, "password": user.password}
-        answer = request("POST", f"{self.base_url}/api/v1/auth/signup", body=credentials)
-        if answer.status != 201:
-            raise ChaosError(_setup_failure("signup", answer))
-        self._login(user, required=True)
-        return user
-
-    def _load(self) -> list[User]:
-        if self.cache_path is None or not self.cache_path.exists():
-            return []
-        try:
-            stored = json.loads(self.cache_path.read_text()).get(self.base_url, [])
-            return [User(**item) for item in stored]
-        except (ValueError, TypeError, AttributeError):
-            return []
-
-    def _save(self, users: list[User]) -> None:
-        if self.cache_path is None:
-            return
-        try:
-            data = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
-        except ValueError:
-            data = {}
-        data[self.base_url] = [asdict(u) for u in users]
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        self.cache_path.write_text(json.dumps(data, indent=2))
-
-
-def _setup_failure(step: str, answer: Answer) -> str:
-    hint = ""
-    if answer.status == 429:
-        hint = (
-            " -- the stack rate-limits signup/login per IP; start it with "
-            "RATELIMIT_POLICY_OVERRIDES (see chaos/README.md) or use fewer --users"
-        )
-    return f"{step} failed with {answer.status} {answer.error or answer.body!r}{hint}"
+    return users
 
 
 @dataclass
@@ -230,17 +190,18 @@ class Traffic:
                 return
             user = tick % len(self.users)
             tick += 1
+            creates = self._rng.random() < self.create_share
             with self._lock:
                 crowded = self._in_flight >= self.max_in_flight
                 if not crowded:
                     self._in_flight += 1
             if crowded:
+                op_name = "create" if creates else "get"
                 self._record(
-                    Sample(self.now(), 0.0, "create", NOT_SENT, user, error="in_flight_cap")
+                    Sample(self.now(), 0.0, op_name, NOT_SENT, user, error="in_flight_cap")
                 )
                 continue
-            op = self._create if self._rng.random() < self.create_share else self._get
-            self._pool.submit(self._run, op, user)
+            self._pool.submit(self._run, self._create if creates else self._get, user)
 
     def _reserve(self, n: int = 1) -> bool:
         with self._lock:
@@ -264,9 +225,12 @@ class Traffic:
         self, op: str, user: int, method: str, path: str, **kwargs: Any
     ) -> tuple[Answer, Sample]:
         """Send one request as ``user`` and record it."""
-        headers = {**self.users[user].auth, **kwargs.pop("headers", {})}
+        who = self.users[user]
+        headers = {**who.auth, **kwargs.pop("headers", {})}
         started = self.now()
-        answer = request(method, f"{self.base_url}{path}", headers=headers, **kwargs)
+        answer = request(
+            method, f"{self.base_url}{path}", headers=headers, source_ip=who.source_ip, **kwargs
+        )
         body = answer.body if isinstance(answer.body, dict) else {}
         sample = Sample(
             t=started,

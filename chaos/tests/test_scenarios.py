@@ -2,60 +2,89 @@
 
 The same scenario code as ``manage.py chaos run`` (chaos.scenarios), so CI proves what
 the reports show: faults of a few seconds, generous bounds, deadline waits only. The
-stack: gunicorn (2 workers) and a Celery worker with beat as subprocesses, the proxy,
-payments and the receiver in threads, a redis-server of our own on a free port; the
-test database behind the proxy. The shared Postgres and Redis are never touched.
+stack: gunicorn (the shipped WEB_WORKERS x WEB_THREADS) and a Celery worker with beat as
+subprocesses, the proxy, payments and the receiver in threads, a redis-server of our own
+on a free port; the test database behind the proxy. The shared Postgres and Redis are
+never touched. Only durations are compressed (COMPRESSED_ENV); the collapse-load runs
+also start a baseline stack (RESILIENCE_ENABLED=false) beside it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
-from chaos.scenarios import SCENARIOS, run_scenario
-from chaos.scenarios.stack import LocalStack
+from chaos.scenarios import SCENARIOS, report, run_scenario
+from chaos.scenarios.load import (
+    COLLAPSE_CEILING_RPS,
+    StackSettings,
+    collapse_plan,
+    settings_of_env,
+    slow_call_threshold,
+)
+from chaos.scenarios.runner import beats_baseline_check, compare_with_baseline
+from chaos.scenarios.stack import COMPRESSED_ENV, LocalStack
 from tests.processes import child_environment
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(240)]
 
 RPS = 10.0
 STEADY_S = 2.0
+# The collapse load in CI: what a loaded 2-core runner can send and serve beside its own
+# stack (the report runs use the command's ceiling).
+CI_CEILING_RPS = 40.0
 
 
-@pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, tmp_path_factory):
+def _start_stack(django_db_blocker, tmp_path_factory, *, resilience: bool):
     from django.db import connections
 
     with django_db_blocker.unblock():
         env = child_environment()
         db = connections["default"].settings_dict
     database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    stack_env = {k: v for s in SCENARIOS.values() for k, v in s.stack_env.items()}
     # The simulators and the proxy log every request; keep the test output readable.
     for name in ("chaos.payments", "chaos.receiver", "chaos.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    with LocalStack(
+    return LocalStack(
         database_url=database_url,
-        workdir=tmp_path_factory.mktemp("chaos-stack"),
+        workdir=tmp_path_factory.mktemp("chaos-stack" if resilience else "chaos-baseline"),
         base_env=env,
-        env=stack_env,
-    ) as endpoints:
+        resilience_enabled=resilience,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    with _start_stack(django_db_blocker, tmp_path_factory, resilience=True) as endpoints:
         yield endpoints
 
 
-def _run(name: str, endpoints, capsys) -> None:
+@pytest.fixture(scope="module")
+def baseline_stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    with _start_stack(django_db_blocker, tmp_path_factory, resilience=False) as endpoints:
+        yield endpoints
+
+
+def _experiment(name: str, endpoints, django_db_blocker, **kwargs):
     scenario = SCENARIOS[name]
-    ctx = run_scenario(
-        scenario,
-        endpoints,
-        duration_s=scenario.ci_duration_s,
-        rps=RPS,
-        steady_s=STEADY_S,
-        recover_timeout_s=30.0,
-        log=lambda _line: None,
-        seed=7,
-    )
+    with django_db_blocker.unblock():  # the users are written into the test database
+        return run_scenario(
+            scenario,
+            endpoints,
+            duration_s=scenario.ci_duration_s,
+            steady_s=STEADY_S,
+            recover_timeout_s=30.0,
+            collapse_ceiling_rps=CI_CEILING_RPS,
+            log=lambda _line: None,
+            seed=7,
+            **kwargs,
+        )
+
+
+def _run(name: str, endpoints, capsys, django_db_blocker) -> None:
+    ctx = _experiment(name, endpoints, django_db_blocker, rps=RPS)
     report = "\n".join(f"  {c.passed!s:>5} {c.name}: {c.detail}" for c in ctx.checks)
     with capsys.disabled():
         s = ctx.summary
@@ -83,9 +112,103 @@ TESTED_SCENARIOS = [
 
 
 @pytest.mark.parametrize("name", TESTED_SCENARIOS)
-def test_scenario(name, stack, capsys):
-    _run(name, stack, capsys)
+def test_scenario(name, stack, capsys, django_db_blocker):
+    _run(name, stack, capsys, django_db_blocker)
 
 
 def test_every_scenario_is_tested():
     assert set(SCENARIOS) == set(TESTED_SCENARIOS)
+
+
+# The invariants of every run, whatever the load (issue 12): latency bounds, the
+# slow-after-open count and the comparison with the baseline are figures of the report
+# (make chaos-report), printed here, not asserted on a shared 2-core runner.
+INVARIANTS = ("no lost orders", "no duplicates under retries", "only documented errors")
+
+
+@pytest.fixture
+def both_stacks(stack, baseline_stack):
+    return stack, baseline_stack
+
+
+@pytest.mark.parametrize("name", ["payments-slow", "postgres-down"])
+def test_collapse_load_beside_the_baseline(name, both_stacks, capsys, django_db_blocker, tmp_path):
+    stack, baseline_stack = both_stacks
+    ctx = _experiment(name, stack, django_db_blocker, load="collapse")
+    baseline = _experiment(name, baseline_stack, django_db_blocker, rps=ctx.config["rps"])
+    comparison = compare_with_baseline(ctx, baseline)
+    beats = beats_baseline_check(ctx, comparison)
+    written = report.write(tmp_path, ctx, baseline)
+    text = (tmp_path / "report.md").read_text()
+    with capsys.disabled():
+        print(f"\n{name} at collapse load: {ctx.config['load']['description']}")
+        for label, run in (("resilient", ctx), ("baseline", baseline)):
+            for cls, f in run.summary["classes"].items():
+                p99 = "n/a" if f["p99_s"] is None else f"{f['p99_s'] * 1000:.0f} ms"
+                print(
+                    f"  {label:<9} {cls:<6} goodput {f['goodput_rps']:.1f}/s p99 {p99} "
+                    f"deferred {f['deferred']} shed {f['shed']} unserved {f['unserved']}"
+                )
+        print(f"  slow after open: {ctx.summary['slow_after_open']}")
+        print(f"  {beats.passed} {beats.name}: {beats.detail}")
+    assert ctx.config["load"]["mode"] == "collapse"
+    assert ctx.config["rps"] == baseline.config["rps"] > RPS
+    assert baseline.config["resilience_enabled"] == "false"
+    by_name = {c.name: c for c in ctx.checks}
+    failed = [by_name[n] for n in INVARIANTS if not by_name[n].passed]
+    assert not failed, f"{name} at collapse load: {failed}"
+    assert by_name[f"breaker {SCENARIOS[name].dependency} opened"].passed
+    # The baseline loses no order either: the patterns are not what keeps orders.
+    assert baseline.summary["orders_missing"] == 0
+    assert baseline.summary["keys_with_several_orders"] == 0
+    assert (tmp_path / "timeline-baseline.png") in written
+    assert "| class | figure | resilient | baseline |" in text
+    assert "baseline p99 / resilient p99" in text
+    assert "requests slower than the slow-call threshold" in text
+
+
+def test_collapse_plan_follows_the_stack_settings():
+    """The load is computed from the stack's worker model and the fault, not restated."""
+    stack = StackSettings(
+        web_workers=3,
+        web_threads=5,
+        dependencies={"payments": {"timeouts": {"read_s": 1.5}}},
+        source="test",
+    )
+    plan = collapse_plan(SCENARIOS["payments-slow"], stack, ceiling_rps=1000)
+    # 2 s of latency held for 1.5 s (read timeout); orders are half the traffic.
+    assert plan.hold_s == 1.5
+    assert plan.capacity_rps == pytest.approx(3 * 5 / 1.5)
+    assert plan.rps == int(1.5 * 10 / 0.5)
+    assert "3 web processes x 5 threads / 1.5 s" in plan.describe()
+    assert collapse_plan(SCENARIOS["payments-slow"], stack, ceiling_rps=20).rps == 20
+    fast = collapse_plan(SCENARIOS["postgres-down"], stack, ceiling_rps=33)
+    assert fast.capacity_rps is None
+    assert fast.rps == 33
+
+
+def test_the_stack_settings_are_read_from_its_environment():
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "WEB_WORKERS": "3",
+        "WEB_THREADS": "7",
+    }
+    stack = settings_of_env(env)
+    assert (stack.web_workers, stack.web_threads) == (3, 7)
+    assert stack.policy("payments")["bulkhead"]["max_concurrent"] >= 1
+    threshold, source = slow_call_threshold(stack, "payments")
+    assert threshold is not None, source
+    assert threshold > 0
+
+
+def test_compressed_time_changes_durations_only():
+    """No scenario may pass only with an override production does not ship (issue 12)."""
+    shaped = ("RATELIMIT", "BULKHEAD", "WEB_", "WORKER_", "TIMEOUT", "MAX_ATTEMPTS", "FAIL_MAX")
+    assert [k for k in COMPRESSED_ENV if any(word in k for word in shaped)] == []
+
+
+def test_the_command_restates_the_ceiling():
+    from resilience.management.commands import chaos
+
+    assert chaos.COLLAPSE_CEILING_RPS == COLLAPSE_CEILING_RPS

@@ -11,6 +11,8 @@ Examples (against ``make run``'s stack; see chaos/README.md)::
     python manage.py chaos list
     python manage.py chaos run redis-down --duration 30
     python manage.py chaos run payments-503 --duration 20 --baseline
+    python manage.py chaos run payments-slow --baseline --load collapse
+    python manage.py chaos report --out docs/chaos   # every scenario (make chaos-report)
     python manage.py chaos inject postgres-slow      # and leave it
     python manage.py chaos status
     python manage.py chaos heal
@@ -27,9 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+
+# The ceiling of the collapse load (chaos.scenarios.load.COLLAPSE_CEILING_RPS, restated so
+# the command imports the rig only when it runs; a test compares the two).
+COLLAPSE_CEILING_RPS = 60.0
 
 
 class Command(BaseCommand):
@@ -70,6 +75,30 @@ class Command(BaseCommand):
             "ports (gunicorn, proxy, simulators, own redis-server, Celery worker)",
         )
         run.add_argument("--seed", type=int)
+        run.add_argument(
+            "--load",
+            choices=["steady", "collapse"],
+            default="steady",
+            help="steady: --rps; collapse: above the capacity the fault leaves the baseline "
+            "(web processes x threads / fault latency, from the stack's settings)",
+        )
+        run.add_argument(
+            "--max-rps",
+            type=float,
+            default=COLLAPSE_CEILING_RPS,
+            help="ceiling of the collapse load (what this machine can send and serve)",
+        )
+        every = sub.add_parser(
+            "report",
+            help="every scenario with its baseline at collapse load on harness stacks; "
+            "reports in OUT/<scenario>/ (make chaos-report)",
+        )
+        every.add_argument("--out", type=Path, default=Path("docs/chaos"))
+        every.add_argument("--duration", type=float, default=20.0, help="fault seconds")
+        every.add_argument("--steady", type=float, default=5.0)
+        every.add_argument("--only", help="comma-separated scenario names (default: all)")
+        every.add_argument("--seed", type=int, default=7)
+        every.add_argument("--max-rps", type=float, default=COLLAPSE_CEILING_RPS)
         inject = sub.add_parser("inject", parents=[where], help="inject a scenario's fault")
         inject.add_argument("scenario")
         heal = sub.add_parser("heal", parents=[where], help="heal one scenario's fault, or all")
@@ -164,8 +193,6 @@ class Command(BaseCommand):
             self.stdout.write(f"breaker {name:<22} {BREAKER_STATES.get(value, value)}")
 
     def _run(self, *, scenario: str, **options: Any) -> None:
-        from chaos.scenarios import report, run_scenario
-
         chosen = self._scenario(scenario)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = options["out"] or Path("chaos-reports") / f"{chosen.name}-{stamp}"
@@ -175,32 +202,82 @@ class Command(BaseCommand):
             "steady_s": options["steady"],
             "users": options["users"],
             "seed": options["seed"],
+            "load": options["load"],
+            "collapse_ceiling_rps": options["max_rps"],
             "log": self.stdout.write,
         }
         local = options["stack"] == "local" or options["baseline"]
-        if local:
-            ctx = self._run_local(chosen, resilience=True, **kwargs)
-        else:
-            endpoints = self._endpoints(options)
-            ctx = run_scenario(
-                chosen,
-                endpoints,
-                user_cache=settings.BASE_DIR / ".run" / "chaos-users.json",
-                **kwargs,
-            )
-        baseline = None
-        if options["baseline"]:
-            baseline = self._run_local(chosen, resilience=False, **kwargs)
         command = "python manage.py chaos " + shlex.join(sys.argv[2:])
+        if local:
+            passed = self._experiment(
+                chosen, out, kwargs, baseline=options["baseline"], command=command
+            )
+        else:
+            from chaos.scenarios import run_scenario
+            from chaos.scenarios.load import settings_of_this_process
+
+            endpoints = self._endpoints(options)
+            endpoints.settings = settings_of_this_process()
+            ctx = run_scenario(chosen, endpoints, **kwargs)
+            self._write(out, ctx, None, command)
+            passed = ctx.passed
+        if not passed:
+            raise CommandError(f"{chosen.name}: verdict FAIL (report in {out})")
+
+    def _report(self, *, out: Path, only: str | None, **options: Any) -> None:
+        """Every scenario beside its baseline, at collapse load: the committed evidence."""
+        from chaos.scenarios import SCENARIOS
+
+        names = [n.strip() for n in only.split(",")] if only else list(SCENARIOS)
+        kwargs = {
+            "duration_s": options["duration"],
+            "steady_s": options["steady"],
+            "seed": options["seed"],
+            "load": "collapse",
+            "collapse_ceiling_rps": options["max_rps"],
+            "log": self.stdout.write,
+        }
+        failed = []
+        for name in names:
+            chosen = self._scenario(name)
+            command = (
+                f"python manage.py chaos run {name} --baseline --load collapse "
+                f"--duration {options['duration']:g} --steady {options['steady']:g} "
+                f"--seed {options['seed']} --max-rps {options['max_rps']:g}"
+            )
+            if not self._experiment(chosen, out / name, kwargs, baseline=True, command=command):
+                failed.append(name)
+        self.stdout.write(f"reports in {out}/<scenario>/; FAIL: {', '.join(failed) or 'none'}")
+        if failed:
+            raise CommandError(f"verdict FAIL for {', '.join(failed)} (reports in {out})")
+
+    def _experiment(
+        self, chosen, out: Path, kwargs: dict[str, Any], *, baseline: bool, command: str
+    ) -> bool:
+        """One scenario on a harness stack, and its baseline on another; write the report."""
+        from chaos.scenarios.runner import beats_baseline_check, compare_with_baseline
+
+        ctx = self._run_local(chosen, resilience=True, **kwargs)
+        other = None
+        if baseline:
+            # The same load as the resilient run (collapse: computed from its settings).
+            other = self._run_local(
+                chosen, resilience=False, **{**kwargs, "rps": ctx.config["rps"]}
+            )
+            if chosen.beats_baseline_by and ctx.collapse and ctx.summary and other.summary:
+                ctx.checks.append(beats_baseline_check(ctx, compare_with_baseline(ctx, other)))
+        self._write(out, ctx, other, command)
+        return ctx.passed
+
+    def _write(self, out: Path, ctx, baseline, command: str) -> None:
+        from chaos.scenarios import report
+
         for path in report.write(out, ctx, baseline, command=command):
             self.stdout.write(f"wrote {path}")
-        verdict = "PASS" if ctx.passed else "FAIL"
         for check in ctx.checks:
             mark = {True: "ok  ", False: "FAIL", None: "skip"}[check.passed]
             self.stdout.write(f"  {mark} {check.name}: {check.detail}")
-        self.stdout.write(f"verdict: {verdict}")
-        if not ctx.passed:
-            raise CommandError(f"{chosen.name}: verdict FAIL (report in {out})")
+        self.stdout.write(f"verdict: {'PASS' if ctx.passed else 'FAIL'}")
 
     def _run_local(self, chosen, *, resilience: bool, **kwargs: Any):
         import os
@@ -223,7 +300,6 @@ class Command(BaseCommand):
                 workdir=Path(workdir),
                 base_env=base_env,
                 resilience_enabled=resilience,
-                env=chosen.stack_env,
             ) as endpoints,
         ):
             return run_scenario(chosen, endpoints, **kwargs)
