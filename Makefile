@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 export DJANGO_SETTINGS_MODULE ?= config.settings.local
 
-.PHONY: install run migrate lint format test bench loadtest clean
+.PHONY: install run migrate lint format test bench chaos-report loadtest clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ test: lint $(PROMTOOL)
 
 bench: install
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) -m bench
+
+# Every chaos scenario beside its baseline (RESILIENCE_ENABLED=false) at collapse load, on
+# harness stacks with the shipped defaults: report.md, report.json, timelines in
+# docs/chaos/<scenario>/ (chaos/README.md). About 25 minutes; ARGS="--only payments-slow".
+chaos-report: migrate
+	$(PY) manage.py chaos report --out docs/chaos $(ARGS)
 
 # Burst a running server (make run) and compare admitted requests with the bucket, e.g.
 # make loadtest ARGS="--url http://127.0.0.1:8000/api/v1/auth/me --duration 10 --policy flood"

@@ -200,6 +200,11 @@ class LoadPlan:
             tail = f"driving {self.factor:g}x = {self.rps:g} requests/s"
             if self.clipped:
                 tail += f" (clipped to the ceiling of {self.ceiling_rps:g})"
+            if self.rps * self.share < self.capacity_rps:
+                tail += (
+                    "; NOTE: below the capacity, so the baseline is not pushed past it "
+                    "(raise --max-rps on a machine that can send and serve more)"
+                )
         return f"{head}; {tail} [{self.settings_source}]"
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,6 +24,9 @@ CLASSES = [
     ("not sent", "#7f7f7f"),
 ]
 BIN_S = 1.0
+# A healthy stack answers in tens of milliseconds; a median above this before the fault
+# means the machine, not the fault, sets the figures.
+SATURATED_P50_S = 0.25
 
 
 def status_class(sample: Sample) -> str:
@@ -270,6 +273,12 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
         f"- Traffic: {traffic}",
         f"- Load: {cfg['load']['description']}",
     ]
+    if s and (s.get("p50_steady_s") or 0) > SATURATED_P50_S:
+        lines.append(
+            f"- NOTE: p50 {s['p50_steady_s'] * 1000:.0f} ms before the fault: the stack was "
+            "saturated before anything failed (this machine cannot serve the load; lower "
+            "--max-rps), so the figures measure CPU more than the fault"
+        )
     if command:
         lines.append(f"- Command: `{command}`")
     lines += ["", "## Checks", "", "| check | result | detail |", "|---|---|---|"]
