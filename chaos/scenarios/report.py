@@ -273,9 +273,10 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
         f"- Traffic: {traffic}",
         f"- Load: {cfg['load']['description']}",
     ]
-    if s and (s.get("p50_steady_s") or 0) > SATURATED_P50_S:
+    if s and (s.get("p50_pre_fault_s") or 0) > SATURATED_P50_S:
         lines.append(
-            f"- NOTE: p50 {s['p50_steady_s'] * 1000:.0f} ms before the fault: the stack was "
+            f"- NOTE: p50 {s['p50_pre_fault_s'] * 1000:.0f} ms in the 2 s before the fault: "
+            "the stack was "
             "saturated before anything failed (this machine cannot serve the load; lower "
             "--max-rps), so the figures measure CPU more than the fault"
         )

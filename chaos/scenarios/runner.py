@@ -519,6 +519,10 @@ def summarise(ctx: RunContext) -> dict[str, Any]:
         "undocumented": sum(1 for s in sent if not documented(s)),
         "degraded_orders": sum(1 for s in samples if s.order_status == "pending_payment"),
         "p50_steady_s": percentile(steady_lat, 0.5),
+        # The last 2 s before the fault: past the start-up ramp, the stack's own steady state.
+        "p50_pre_fault_s": percentile(
+            [s.latency_s for s in sent if ctx.t_inject - 2.0 <= s.t < ctx.t_inject], 0.5
+        ),
         "p99_steady_s": percentile(steady_lat, 0.99),
         "p50_fault_s": percentile(fault_lat, 0.5),
         "p99_fault_s": percentile(fault_lat, 0.99),
