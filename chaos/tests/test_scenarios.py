@@ -34,7 +34,7 @@ RPS = 10.0
 STEADY_S = 2.0
 # The collapse load in CI: what a loaded 2-core runner can send and serve beside its own
 # stack (the report runs use the command's ceiling).
-CI_CEILING_RPS = 40.0
+CI_CEILING_RPS = 25.0
 
 
 def _start_stack(django_db_blocker, tmp_path_factory, *, resilience: bool):
@@ -131,7 +131,7 @@ def both_stacks(stack, baseline_stack):
     return stack, baseline_stack
 
 
-@pytest.mark.parametrize("name", ["payments-slow", "postgres-down"])
+@pytest.mark.parametrize("name", ["payments-slow"])
 def test_collapse_load_beside_the_baseline(name, both_stacks, capsys, django_db_blocker, tmp_path):
     stack, baseline_stack = both_stacks
     ctx = _experiment(name, stack, django_db_blocker, load="collapse")
