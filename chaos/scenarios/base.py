@@ -52,8 +52,8 @@ class Scenario:
     extra_checks: tuple[Callable[[RunContext], Check], ...] = ()
     needs: frozenset[str] = frozenset()  # "owned_redis", "webhooks"
     prepare: Callable[[RunContext], None] | None = None  # setup after users exist
-    # "collapse": this scenario only shows anything above the capacity the fault leaves
-    # (chaos.scenarios.load), so it always runs at the collapse load.
+    # Its load unless the run says otherwise: "collapse" for a scenario that shows its
+    # point only above the capacity the fault leaves (chaos.scenarios.load).
     load: str = "steady"
     # Beside its baseline, the resilient run must show a p99 at least this many times
     # lower, or the baseline must fail requests the resilient run served (issue 12).

@@ -56,14 +56,22 @@ def _bulkhead_rejected(ctx: RunContext) -> Check:
     if size is None or not load.get("hold_s"):
         return Check("bulkhead shed the excess", None, "no payments bulkhead in the settings")
     slots = int(size) * stack.web_workers
-    wanted = ctx.config["rps"] * load["share"] * load["hold_s"]
-    return Check(
-        "bulkhead shed the excess",
-        rejected >= 1,
+    # How long a request-path call may hold a slot on the resilient stack: the fault's
+    # latency, cut by the read timeout and by the request-path budget when there is one.
+    timeouts = stack.policy("payments").get("timeouts") or {}
+    hold = load["hold_s"]
+    if timeouts.get("request_budget_s"):
+        hold = min(hold, float(timeouts["request_budget_s"]))
+    wanted = ctx.config["rps"] * load["share"] * hold
+    detail = (
         f"{rejected:.0f} calls refused by the bulkhead; the load asks for about "
-        f"{wanted:.0f} payments calls at once, the bulkhead has {size} per process x "
-        f"{stack.web_workers} processes = {slots} (settings)",
+        f"{wanted:.1f} payments calls at once (held up to {hold:g} s each), the bulkhead "
+        f"has {size} per process x {stack.web_workers} processes = {slots} (settings)"
     )
+    if wanted <= slots:
+        # Below its slots the bulkhead has nothing to shed: the request budget defers first.
+        return Check("bulkhead shed the excess", None, f"load below the slots: {detail}")
+    return Check("bulkhead shed the excess", rejected >= 1, detail)
 
 
 def _storm_amplification(ctx: RunContext) -> Check:

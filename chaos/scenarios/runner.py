@@ -172,15 +172,16 @@ def run_scenario(
     steady_s: float | None = None,
     recover_timeout_s: float | None = None,
     users: int | None = None,
-    load: str = "steady",
+    load: str | None = None,
     collapse_ceiling_rps: float = COLLAPSE_CEILING_RPS,
     log: Log = print,
     seed: int | None = None,
 ) -> RunContext:
     """Run ``scenario`` against ``endpoints`` and return everything it saw, checks included.
 
-    ``load="collapse"`` (and scenarios that only make sense under it) ignores ``rps`` and
-    drives the collapse load computed from the stack's settings (chaos.scenarios.load).
+    ``load="collapse"`` ignores ``rps`` and drives the collapse load computed from the
+    stack's settings (chaos.scenarios.load); ``None`` takes the scenario's own default
+    (``bulkhead-saturation``: collapse).
     """
     base_url = require_loopback(endpoints.base_url)
     if "owned_redis" in scenario.needs and endpoints.redis is None:
@@ -189,7 +190,7 @@ def run_scenario(
     steady = steady_s if steady_s is not None else min(10.0, max(2.0, duration / 3))
     recover_timeout = recover_timeout_s or max(30.0, 2 * scenario.recover_bound_s)
     stack = endpoints.settings
-    mode = "collapse" if load == "collapse" or scenario.load == "collapse" else "steady"
+    mode = load or scenario.load
     if mode == "collapse":
         if stack is None:
             raise ChaosError("collapse load needs the settings of the stack under test")
@@ -512,6 +513,9 @@ def summarise(ctx: RunContext) -> dict[str, Any]:
         "not_sent": len(samples) - len(sent),
         "by_status": dict(sorted(Counter(str(s.status) for s in samples).items())),
         "fault_by_status": dict(sorted(Counter(str(s.status) for s in fault).items())),
+        "refusals_by_code": dict(
+            sorted(Counter(f"{s.status} {s.code}" for s in samples if s.code).items())
+        ),
         "failed": sum(1 for s in samples if s.status not in (200, 201)),
         "failed_during_fault": sum(1 for s in fault if s.status not in (200, 201)),
         # Ticks the client could not send (its in-flight cap) are no answer of the
@@ -600,7 +604,8 @@ def evaluate(ctx: RunContext) -> list[Check]:
             "recovered",
             s["time_to_recover_s"] is not None and s["time_to_recover_s"] <= sc.recover_bound_s,
             f"healthy again {_seconds(s['time_to_recover_s'])} "
-            f"after heal (bound {sc.recover_bound_s:g} s)",
+            f"after heal (bound {sc.recover_bound_s:g} s); refusals by code "
+            f"{s['refusals_by_code']}",
         ),
     ]
     if sc.expect_breaker:

@@ -97,6 +97,7 @@ class Sample:
     key: str | None = None
     attempt: int = 1
     error: str | None = None
+    code: str | None = None  # the problem+json ``code`` of a refusal (overloaded, ...)
 
 
 @dataclass
@@ -243,6 +244,7 @@ class Traffic:
             order_status=body.get("status") if answer.status in (200, 201) else None,
             order_id=str(body["id"]) if answer.status in (200, 201) and "id" in body else None,
             error=answer.error,
+            code=body.get("code") if answer.status not in (200, 201) else None,
         )
         self._record(sample)
         return answer, sample

@@ -78,9 +78,10 @@ class Command(BaseCommand):
         run.add_argument(
             "--load",
             choices=["steady", "collapse"],
-            default="steady",
+            default=None,
             help="steady: --rps; collapse: above the capacity the fault leaves the baseline "
-            "(web processes x threads / fault latency, from the stack's settings)",
+            "(web processes x threads / fault latency, from the stack's settings); "
+            "default: the scenario's (collapse for bulkhead-saturation)",
         )
         run.add_argument(
             "--max-rps",
