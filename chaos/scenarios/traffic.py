@@ -32,6 +32,7 @@ RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
 # Users get source addresses 127.0.0.2 ... 127.0.0.251 in turn (all loopback), so that the
 # per-IP limits (flood) see many clients, as they would in production, not one.
 SOURCE_ADDRESSES = 250
+USERS_CHECK_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -71,14 +72,19 @@ def make_users(base_url: str, count: int) -> list[User]:
         User(t.user.email, t.key, f"127.0.0.{2 + i % SOURCE_ADDRESSES}")
         for i, t in enumerate(tokens)
     ]
-    me = request("GET", f"{base_url}/api/v1/auth/me", headers=users[0].auth)
-    if me.status != 200:
-        raise ChaosError(
-            f"users made in this process's database are unknown to {base_url} "
-            f"(GET /api/v1/auth/me -> {me.status} {me.error or me.body!r:.200}): run the "
-            "command with the DATABASE_URL of the stack under test"
-        )
-    return users
+    # A stack just started may still answer 503 for a moment; 401 means another database.
+    deadline = time.monotonic() + USERS_CHECK_TIMEOUT_S
+    while True:
+        me = request("GET", f"{base_url}/api/v1/auth/me", headers=users[0].auth)
+        if me.status == 200:
+            return users
+        if me.status == 401 or time.monotonic() > deadline:
+            raise ChaosError(
+                f"users made in this process's database are unknown to {base_url} "
+                f"(GET /api/v1/auth/me -> {me.status} {me.error or me.body!r:.200}): run "
+                "the command with the DATABASE_URL of the stack under test"
+            )
+        time.sleep(0.5)
 
 
 @dataclass
