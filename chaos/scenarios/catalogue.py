@@ -11,6 +11,7 @@ from __future__ import annotations
 from chaos.scenarios import webhooks
 from chaos.scenarios.base import Check, Scenario
 from chaos.scenarios.faults import KillRedis, ProxyDown, ProxyToxic, SimulatorFaults
+from chaos.scenarios.load import fault_hold
 from chaos.scenarios.runner import RunContext, percentile
 from chaos.scenarios.traffic import NOT_SENT
 
@@ -52,17 +53,16 @@ def _bulkhead_rejected(ctx: RunContext) -> Check:
     stack = ctx.endpoints.settings
     bulkhead = (stack.policy("payments").get("bulkhead") or {}) if stack else {}
     size = bulkhead.get("max_concurrent")
-    load = ctx.config["load"]
-    if size is None or not load.get("hold_s"):
+    if size is None:
         return Check("bulkhead shed the excess", None, "no payments bulkhead in the settings")
     slots = int(size) * stack.web_workers
     # How long a request-path call may hold a slot on the resilient stack: the fault's
     # latency, cut by the read timeout and by the request-path budget when there is one.
     timeouts = stack.policy("payments").get("timeouts") or {}
-    hold = load["hold_s"]
+    hold = fault_hold(ctx.scenario, stack)[0] or 0.0
     if timeouts.get("request_budget_s"):
         hold = min(hold, float(timeouts["request_budget_s"]))
-    wanted = ctx.config["rps"] * load["share"] * hold
+    wanted = ctx.config["rps"] * ctx.scenario.create_share * hold
     detail = (
         f"{rejected:.0f} calls refused by the bulkhead; the load asks for about "
         f"{wanted:.1f} payments calls at once (held up to {hold:g} s each), the bulkhead "

@@ -134,7 +134,7 @@ def slow_call_threshold(stack: StackSettings, dependency: str) -> tuple[float | 
     return None, f"no slow-call threshold or timeout for {dependency!r}"
 
 
-def _fault_hold(scenario: Scenario, stack: StackSettings) -> tuple[float | None, str]:
+def fault_hold(scenario: Scenario, stack: StackSettings) -> tuple[float | None, str]:
     """Seconds one call to the faulted dependency holds a baseline thread, and why."""
     fault = scenario.fault
     extra = scenario.extra
@@ -219,7 +219,7 @@ def collapse_plan(
     ceiling_rps: float = COLLAPSE_CEILING_RPS,
 ) -> LoadPlan:
     """The collapse load for ``scenario`` on a stack with ``stack``'s settings."""
-    hold, reason = _fault_hold(scenario, stack)
+    hold, reason = fault_hold(scenario, stack)
     share = scenario.create_share if scenario.dependency == "payments" else 1.0
     common = {
         "mode": "collapse",
