@@ -199,14 +199,31 @@ def order_place(
     return Order.objects.prefetch_related("items").get(id=order.id)
 
 
-def deferred_payments_due(*, limit: int) -> list[Any]:
-    """Ids of ``pending_payment`` orders whose next authorisation attempt is due."""
-    return list(
-        Order.objects.filter(
-            status=OrderStatus.PENDING_PAYMENT, next_payment_attempt_at__lte=timezone.now()
+def deferred_payments_claim_due(*, limit: int) -> list[Any]:
+    """Claim the ``pending_payment`` orders whose next attempt is due, for one sweep.
+
+    Each claimed order's next attempt moves ``ORDERS_DEFERRED_PAYMENT_LEASE_S`` ahead in
+    the same statement, so the next sweeps do not enqueue it again while its task waits
+    in the queue (at collapse load they did: thousands of copies for a few hundred
+    orders). If the task is lost, the order is due again when the lease runs out.
+    """
+    now = timezone.now()
+    with transaction.atomic(using=current_alias()):
+        due = list(
+            Order.objects.select_for_update(skip_locked=True)
+            .filter(status=OrderStatus.PENDING_PAYMENT, next_payment_attempt_at__lte=now)
+            .order_by("next_payment_attempt_at")
+            .values_list("id", flat=True)[:limit]
         )
-        .order_by("next_payment_attempt_at")
-        .values_list("id", flat=True)[:limit]
+        lease = timedelta(seconds=settings.ORDERS_DEFERRED_PAYMENT_LEASE_S)
+        Order.objects.filter(id__in=due).update(next_payment_attempt_at=now + lease)
+    return due
+
+
+def deferred_payments_release(*, order_ids: Iterable[Any]) -> None:
+    """Make claimed orders due again at once (their task could not be published)."""
+    Order.objects.filter(id__in=list(order_ids), status=OrderStatus.PENDING_PAYMENT).update(
+        next_payment_attempt_at=timezone.now()
     )
 
 
@@ -265,7 +282,8 @@ def order_authorize_deferred(*, order_id: Any) -> Order:
 __all__ = [
     "InvalidTransitionError",
     "OrderStatus",
-    "deferred_payments_due",
+    "deferred_payments_claim_due",
+    "deferred_payments_release",
     "order_authorize_deferred",
     "order_create",
     "order_place",

@@ -5,7 +5,11 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from orders.services import deferred_payments_due, order_authorize_deferred
+from orders.services import (
+    deferred_payments_claim_due,
+    deferred_payments_release,
+    order_authorize_deferred,
+)
 
 
 @shared_task(name="orders.tasks.authorize_deferred_payment")
@@ -16,8 +20,13 @@ def authorize_deferred_payment(order_id: str) -> str:
 
 @shared_task(name="orders.tasks.sweep_deferred_payments")
 def sweep_deferred_payments() -> int:
-    """Enqueue an attempt for every deferred order that is due (bounded batch)."""
-    due = deferred_payments_due(limit=settings.ORDERS_DEFERRED_PAYMENT_BATCH)
-    for order_id in due:
-        authorize_deferred_payment.delay(str(order_id))
+    """Enqueue one attempt for every deferred order that is due (bounded batch, claimed)."""
+    due = deferred_payments_claim_due(limit=settings.ORDERS_DEFERRED_PAYMENT_BATCH)
+    for sent, order_id in enumerate(due):
+        try:
+            authorize_deferred_payment.delay(str(order_id))
+        except Exception:  # kombu and redis raise many types; all mean "not now"
+            # The broker is out: what was not published is due again for the next sweep.
+            deferred_payments_release(order_ids=due[sent:])
+            raise
     return len(due)

@@ -14,6 +14,7 @@ caller's to defer. Background calls get the full per-attempt timeouts.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import time
 from collections.abc import Callable
@@ -49,6 +50,26 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
+# Seconds spent in dependency calls by the current request, when someone is counting
+# (the concurrency limiter: a slow provider is the bulkhead's business, not overload).
+_dependency_wait: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "dependency_wait", default=None
+)
+
+
+def count_dependency_wait() -> tuple[list[float], contextvars.Token]:
+    """Start counting the time this context spends in :func:`call`; ``holder[0]`` grows.
+
+    Give the token back with :func:`stop_counting_dependency_wait`.
+    """
+    holder = [0.0]
+    return holder, _dependency_wait.set(holder)
+
+
+def stop_counting_dependency_wait(token: contextvars.Token) -> None:
+    _dependency_wait.reset(token)
+
+
 def call(
     dependency: str,
     attempt: Callable[[TimeoutPolicy], T],
@@ -57,7 +78,25 @@ def call(
     idempotent: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``attempt(timeouts)`` under every policy configured for ``dependency``.
+    """Call ``attempt(timeouts)`` under every policy configured for ``dependency``."""
+    started = time.perf_counter()
+    try:
+        return _call(dependency, attempt, retryable=retryable, idempotent=idempotent, sleep=sleep)
+    finally:
+        holder = _dependency_wait.get()
+        if holder is not None:
+            holder[0] += time.perf_counter() - started
+
+
+def _call(
+    dependency: str,
+    attempt: Callable[[TimeoutPolicy], T],
+    *,
+    retryable: Callable[..., bool] | None,
+    idempotent: bool,
+    sleep: Callable[[float], None],
+) -> T:
+    """The composition of :func:`call`.
 
     ``retryable(exc, on_request_path=...)`` says which failures are worth another
     attempt; a non-idempotent call (``idempotent=False``) is never retried. With

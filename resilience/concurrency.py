@@ -43,6 +43,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from resilience import metrics
+from resilience.calls import count_dependency_wait, stop_counting_dependency_wait
 
 PRIORITIES = ("critical", "normal", "best_effort")  # highest first
 SHED_REASONS = ("limit", "priority", "queue_time")
@@ -156,7 +157,7 @@ class Gradient2Limit:
         self._window: list[float] = []
         self._long_count = 0
 
-    def sample(self, rtt_s: float, in_flight: int) -> None:
+    def sample(self, rtt_s: float) -> None:
         """One completed request; moves the limit once per window of samples."""
         self._window.append(rtt_s)
         now = self._clock()
@@ -167,9 +168,9 @@ class Gradient2Limit:
         short = sum(self._window) / len(self._window)
         self._window.clear()
         self._window_started = now
-        self._update(short, in_flight)
+        self._update(short)
 
-    def _update(self, short: float, in_flight: int) -> None:
+    def _update(self, short: float) -> None:
         cfg = self.cfg
         self.short_rtt = short
         self._long_count += 1
@@ -184,9 +185,9 @@ class Gradient2Limit:
         if self.long_rtt / short > 2:
             # Latency fell far below the long average (an overload ended): forget faster.
             self.long_rtt *= 0.95
-        # Do not grow a limit the traffic is not using (application-limited).
-        if in_flight < self.limit / 2:
-            return
+        # Netflix does not grow a limit the traffic is not using; ours is bounded by the
+        # threads, so it may grow back at light load too (else a limit shrunk by a spike
+        # stays low while light traffic never fills half of it, and bursts are shed).
         gradient = max(0.5, min(1.0, cfg.tolerance * self.long_rtt / short))
         target = self.limit * gradient + cfg.queue_size
         smoothed = self.limit * (1 - cfg.smoothing) + target * cfg.smoothing
@@ -241,10 +242,9 @@ class ConcurrencyLimiter:
     def release(self, level: str, rtt_s: float | None) -> None:
         """Give the slot back; ``rtt_s`` (served requests only) feeds the adaptive limit."""
         with self._lock:
-            in_flight = sum(self.in_flight.values())
             self.in_flight[level] -= 1
             if rtt_s is not None and self.cfg.mode == "adaptive":
-                self.gradient.sample(rtt_s, in_flight)
+                self.gradient.sample(rtt_s)
 
 
 _limiter: ConcurrencyLimiter | None = None
@@ -311,10 +311,14 @@ class ConcurrencyLimitMiddleware:
         finally:
             admitted = getattr(request, "_concurrency_admitted", None)
             if admitted is not None:
-                level, started = admitted
+                level, started, waited, token = admitted
+                stop_counting_dependency_wait(token)
                 served = response is not None and response.status_code < 500
+                # The latency the limit follows is the process's own: time spent waiting
+                # on a slow provider is held by its bulkhead, and is not overload here.
+                rtt = max(0.0, time.monotonic() - started - waited[0])
                 state = limiter()
-                state.release(level, time.monotonic() - started if served else None)
+                state.release(level, rtt if served else None)
                 metrics.CONCURRENCY_IN_FLIGHT.dec()
                 _export(state)
 
@@ -329,7 +333,8 @@ class ConcurrencyLimitMiddleware:
         refusal = limiter().try_acquire(level)
         if refusal is not None:
             return shed(request, refusal)
-        request._concurrency_admitted = (level, time.monotonic())  # type: ignore[attr-defined]
+        waited, token = count_dependency_wait()
+        request._concurrency_admitted = (level, time.monotonic(), waited, token)  # type: ignore[attr-defined]
         metrics.CONCURRENCY_IN_FLIGHT.inc()
         return None
 

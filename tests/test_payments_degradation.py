@@ -237,3 +237,40 @@ def test_a_deferred_authorisation_refused_by_the_open_breaker_spends_no_attempt(
     breaker("payments").close()
     Order.objects.filter(id=body["id"]).update(next_payment_attempt_at="2000-01-01T00:00Z")
     assert order_authorize_deferred(order_id=body["id"]).status == "paid"
+
+
+@pytest.mark.django_db
+def test_a_sweep_claims_what_it_enqueues_so_the_next_sweeps_do_not_enqueue_it_again(
+    payments, user, monkeypatch
+):
+    """At collapse load the queue filled with copies of the same orders (6786 tasks for
+    about 230 orders): each sweep enqueued every due order again until its task ran."""
+    from orders import tasks
+
+    payments.set_faults(down=True)
+    client = client_for(user)
+    for _ in range(3):
+        assert place(client)[1]["status"] == "pending_payment"
+    Order.objects.update(next_payment_attempt_at="2000-01-01T00:00Z")
+    published: list[str] = []
+    monkeypatch.setattr(tasks.authorize_deferred_payment, "delay", published.append)
+    assert tasks.sweep_deferred_payments() == 3
+    assert tasks.sweep_deferred_payments() == 0  # claimed: not enqueued twice
+    assert sorted(published) == sorted(str(o.id) for o in Order.objects.all())
+
+
+@pytest.mark.django_db
+def test_a_sweep_that_cannot_publish_leaves_the_orders_due(payments, user, monkeypatch):
+    from orders import tasks
+
+    payments.set_faults(down=True)
+    assert place(client_for(user))[1]["status"] == "pending_payment"
+    Order.objects.update(next_payment_attempt_at="2000-01-01T00:00Z")
+
+    def broker_down(_order_id):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.authorize_deferred_payment, "delay", broker_down)
+    with pytest.raises(ConnectionError):
+        tasks.sweep_deferred_payments()
+    assert Order.objects.get().next_payment_attempt_at <= timezone.now()  # due again

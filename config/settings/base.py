@@ -292,6 +292,9 @@ ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS = env(
 )
 ORDERS_DEFERRED_PAYMENT_SWEEP_S = env("ORDERS_DEFERRED_PAYMENT_SWEEP_S", default=5.0, cast=float)
 ORDERS_DEFERRED_PAYMENT_BATCH = 100
+# A swept order is not swept again for this long while its task waits in the queue; a
+# lost task's order is due again after it. Longer than a busy queue's wait.
+ORDERS_DEFERRED_PAYMENT_LEASE_S = env("ORDERS_DEFERRED_PAYMENT_LEASE_S", default=60.0, cast=float)
 ACCOUNTS_TOKEN_PURGE_INTERVAL_S = env("ACCOUNTS_TOKEN_PURGE_INTERVAL_S", default=3600, cast=int)
 # More entries join at the end of this file (the idempotency block).
 CELERY_BEAT_SCHEDULE = {
