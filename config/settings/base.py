@@ -387,10 +387,12 @@ PAYMENTS_URL = env("PAYMENTS_URL", default="http://127.0.0.1:8101")
 REQUEST_DEADLINE_S = env("REQUEST_DEADLINE_S", default=5.0, cast=float)
 RESILIENCE_ENABLED = env("RESILIENCE_ENABLED", default=True, cast=bool)
 # Payments' healthy latency: p99 of one authorisation, measured with the service's own
-# client under concurrent load (`python -m bench payments_latency`; docs/timeouts.md).
-# A user request may spend PAYMENTS_BUDGET_HEADROOM times that on payments in total.
-PAYMENTS_HEALTHY_P99_S = env("PAYMENTS_HEALTHY_P99_S", default=0.03, cast=float)
-PAYMENTS_BUDGET_HEADROOM = env("PAYMENTS_BUDGET_HEADROOM", default=10.0, cast=float)
+# client (`python -m bench payments_latency`: 10.5 and 14.0 ms on an idle 2-core host).
+# A user request may spend PAYMENTS_BUDGET_HEADROOM times that on payments in total: the
+# same command on the host loaded by five test suites measured 143 and 161 ms (10x), and
+# twice that leaves room for one retry of a refused connection (adr/0007).
+PAYMENTS_HEALTHY_P99_S = env("PAYMENTS_HEALTHY_P99_S", default=0.014, cast=float)
+PAYMENTS_BUDGET_HEADROOM = env("PAYMENTS_BUDGET_HEADROOM", default=20.0, cast=float)
 PAYMENTS_REQUEST_BUDGET_S = env(
     "PAYMENTS_REQUEST_BUDGET_S",
     default=round(min(REQUEST_DEADLINE_S, PAYMENTS_HEALTHY_P99_S * PAYMENTS_BUDGET_HEADROOM), 3),
