@@ -57,12 +57,18 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _read_loop(base_url, headers, stop: threading.Event, out: list[float], run: Run) -> None:
+def _read_loop(base_url, user, stop: threading.Event, out: list[float], run: Run) -> None:
     """Open loop: one GET every 1/READ_RPS s, each on its own thread, whatever the last did."""
     from chaos.scenarios.client import request
 
     def one() -> None:
-        answer = request("GET", f"{base_url}/api/v1/orders", headers=headers, timeout=10)
+        answer = request(
+            "GET",
+            f"{base_url}/api/v1/orders",
+            headers=user.auth,
+            timeout=10,
+            source_ip=user.source_ip,
+        )
         if answer.status == 200:
             out.append(answer.latency_s)
         else:
@@ -80,7 +86,7 @@ def _read_loop(base_url, headers, stop: threading.Event, out: list[float], run: 
         thread.join(12)
 
 
-def _order_loop(base_url, headers, stop: threading.Event, run: Run, lock) -> None:
+def _order_loop(base_url, user, stop: threading.Event, run: Run, lock) -> None:
     """Closed loop, well behaved: a key per order, same key on retry, Retry-After honoured."""
     from chaos.scenarios.client import request
 
@@ -91,8 +97,9 @@ def _order_loop(base_url, headers, stop: threading.Event, run: Run, lock) -> Non
                 "POST",
                 f"{base_url}/api/v1/orders",
                 body=ORDER,
-                headers={**headers, "Idempotency-Key": key},
+                headers={**user.auth, "Idempotency-Key": key},
                 timeout=10,
+                source_ip=user.source_ip,
             )
             if answer.status == 201:
                 with lock:
@@ -108,7 +115,7 @@ def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
     import os
 
     from chaos.scenarios.stack import LocalStack
-    from chaos.scenarios.traffic import UserPool
+    from chaos.scenarios.traffic import make_users
     from orders.models import Order, OrderStatus
 
     run = Run("resilient" if resilient else "baseline", clients)
@@ -135,8 +142,8 @@ def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
             with urllib.request.urlopen(req, timeout=5):  # noqa: S310
                 pass
 
-        users = UserPool(endpoints.base_url).ensure(clients + 1)
-        reader = users[0].auth
+        users = make_users(endpoints.base_url, clients + 1)
+        reader = users[0]
         lock = threading.Lock()
 
         stop = threading.Event()
@@ -153,7 +160,7 @@ def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
         since = first_order.first()
         stop = threading.Event()
         workers = [
-            threading.Thread(target=_order_loop, args=(endpoints.base_url, u.auth, stop, run, lock))
+            threading.Thread(target=_order_loop, args=(endpoints.base_url, u, stop, run, lock))
             for u in users[1:]
         ]
         for worker in workers:
