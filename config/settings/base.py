@@ -315,8 +315,9 @@ API_PAGE_SIZE = env("API_PAGE_SIZE", default=20, cast=int)
 API_MAX_PAGE_SIZE = env("API_MAX_PAGE_SIZE", default=100, cast=int)
 # Seconds a client is told to wait (Retry-After) when a dependency is unavailable.
 API_UNAVAILABLE_RETRY_AFTER_S = env("API_UNAVAILABLE_RETRY_AFTER_S", default=2, cast=int)
-# Dependencies whose failure makes /readyz answer 503; the others only degrade service.
-HEALTH_CRITICAL_DEPENDENCIES = env("HEALTH_CRITICAL_DEPENDENCIES", default=["postgres"], cast=list)
+# /readyz is 200 while any of these answers (each can serve documented answers alone:
+# Postgres everything, Redis stale reads); 503 only when none does (adr/0009).
+HEALTH_ANSWER_SOURCES = env("HEALTH_ANSWER_SOURCES", default=["postgres", "redis"], cast=list)
 ACCOUNTS_TOKEN_TTL_S = env("ACCOUNTS_TOKEN_TTL_S", default=7 * 24 * 3600, cast=int)
 # How long a token stays recognised from Redis while Postgres is down (accounts.authentication).
 ACCOUNTS_TOKEN_CACHE_S = env("ACCOUNTS_TOKEN_CACHE_S", default=600, cast=int)
