@@ -683,6 +683,9 @@ RESILIENCE_RATELIMIT = {
     "unavailable_retry_after_s": env("RATELIMIT_UNAVAILABLE_RETRY_AFTER_S", default=2, cast=int),
     "middleware": {"policy": "flood", "path_prefixes": ["/api/"]},
     "policies": _RATELIMIT_POLICIES,
+    # A candidate beside a live policy, in dry run, for the runbook's "would a higher
+    # limit fit?": RATELIMIT_CANDIDATE_POLICIES='{"login_ip": {"capacity": 60}}'.
+    "candidates": env("RATELIMIT_CANDIDATE_POLICIES", default={}, cast=json.loads),
 }
 # django-ratelimit, for fixed-window business rules only (resilience.ratelimit.business).
 # Fail closed here so the wrapper sees a cache failure and applies each rule's own
@@ -738,3 +741,9 @@ CELERY_BEAT_SCHEDULE |= {
     },
 }
 # --- end of webhooks ---------------------------------------------------------------------
+
+# The beat heartbeat (common/tasks.py): BeatNotRunning fires when it is 5 intervals old.
+BEAT_HEARTBEAT_INTERVAL_S = env("BEAT_HEARTBEAT_INTERVAL_S", default=30.0, cast=float)
+CELERY_BEAT_SCHEDULE |= {
+    "beat-heartbeat": {"task": "common.tasks.beat_heartbeat", "schedule": BEAT_HEARTBEAT_INTERVAL_S},
+}
