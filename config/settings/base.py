@@ -700,6 +700,10 @@ RATELIMIT_IP_META_KEY = "resilience.ratelimit.client_ip.ratelimit_ip_meta"
 # Targets allowed although they resolve to loopback/private addresses: IPs, CIDRs or exact
 # host names. Empty in production; local and test settings allow 127.0.0.1 and localhost.
 WEBHOOKS_ALLOWED_TARGETS = env("WEBHOOKS_ALLOWED_TARGETS", default=[], cast=list)
+# DNS lookups of webhook targets (resilience.ssrf, at registration and before each
+# delivery) are bounded; empty nameservers means the system resolver ("host[:port]").
+DNS_RESOLVE_TIMEOUT_S = env("DNS_RESOLVE_TIMEOUT_S", default=2.0, cast=float)
+DNS_NAMESERVERS = env("DNS_NAMESERVERS", default=[], cast=list)
 WEBHOOKS_EVENT_TYPES = [
     "order.created",
     "order.paid",
@@ -745,5 +749,8 @@ CELERY_BEAT_SCHEDULE |= {
 # The beat heartbeat (common/tasks.py): BeatNotRunning fires when it is 5 intervals old.
 BEAT_HEARTBEAT_INTERVAL_S = env("BEAT_HEARTBEAT_INTERVAL_S", default=30.0, cast=float)
 CELERY_BEAT_SCHEDULE |= {
-    "beat-heartbeat": {"task": "common.tasks.beat_heartbeat", "schedule": BEAT_HEARTBEAT_INTERVAL_S},
+    "beat-heartbeat": {
+        "task": "common.tasks.beat_heartbeat",
+        "schedule": BEAT_HEARTBEAT_INTERVAL_S,
+    },
 }
