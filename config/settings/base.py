@@ -2,7 +2,7 @@
 
 Every number that shapes behaviour under load or failure (timeouts, pool sizes, limits,
 retry counts) is defined here, read from the environment with a documented default, and
-listed in the configuration table of ``README.md``. Resilience numbers per dependency
+listed in the configuration table of ``docs/configuration.md``. Resilience numbers per dependency
 live in ``RESILIENCE`` (see ``docs/timeouts.md``).
 """
 
