@@ -50,7 +50,10 @@ def test_worker_concurrency_comes_from_the_worker_model_and_the_environment():
         assert command[:2] == ["sh", "-c"]
         # The shell expression that yields --concurrency, with compose's $$ unescaped.
         expression = re.search(r'--concurrency "\$\$\((.*?)\)"', command[2])[1]
-        for value, expected in (("7", "7"), ("", None)):
+        from config import worker_model
+
+        default = str(getattr(worker_model, variable))
+        for value, expected in (("7", "7"), ("", default)):
             result = subprocess.run(
                 ["sh", "-c", expression],
                 cwd=ROOT,
@@ -65,8 +68,4 @@ def test_worker_concurrency_comes_from_the_worker_model_and_the_environment():
                 timeout=30,
                 check=True,
             )
-            if expected is None:
-                from config import worker_model
-
-                expected = str(getattr(worker_model, variable))
             assert result.stdout.strip() == expected, (service, value, result.stderr)
