@@ -83,6 +83,8 @@ EXTERNAL = {
     "ZRANGE": "a Redis command",
     "WITHSCORES": "a Redis command option",
     "KILL": "a signal name (docker compose kill -s KILL)",
+    "CONFLICT_STATUS_CODE": "a setting of drf-idempotency, a peer (docs/comparison.md)",
+    "LOCK_TTL_SECONDS": "a setting of drf-idempotency, a peer (docs/comparison.md)",
     # metrics not made by our code
     "up": "made by Prometheus for every scrape target",
 }
