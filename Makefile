@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 export DJANGO_SETTINGS_MODULE ?= config.settings.local
 
-.PHONY: install run migrate lint format test bench chaos-report loadtest clean
+.PHONY: install promtool run migrate lint format test bench chaos-report loadtest clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,16 +18,25 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-# promtool checks the alert rules in the test suite. Debian ships it only inside the
-# prometheus package, whose install would also start a Prometheus service: we download
-# the package and extract the one binary. Best effort: without it the check is skipped.
-PROMTOOL := $(VENV)/bin/promtool
+# promtool checks the alert rules and their unit tests in the test suite, which fails
+# without it. Debian ships it only inside the prometheus package, whose install would
+# also start a Prometheus service: we download the package (refreshing the package lists
+# when they are missing or stale) and extract the one binary. Any failure stops the
+# build. PROMTOOL=/path/to/promtool uses another binary.
+PROMTOOL ?= $(VENV)/bin/promtool
 $(PROMTOOL): | $(STAMP)
-	@set -e; tmp=$$(mktemp -d); cd $$tmp; \
-	  (apt-get download prometheus >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1)) && \
-	  dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$(PROMTOOL) || \
-	  echo "promtool unavailable: the alert-rule check will be skipped"; rm -rf $$tmp
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp"; \
+	  if ! apt-get download prometheus >/dev/null 2>&1; then \
+	    echo "promtool: refreshing the package lists (apt-get update)"; \
+	    apt-get update -qq >/dev/null || { echo "promtool: apt-get update failed" >&2; exit 1; }; \
+	    apt-get download prometheus >/dev/null 2>&1 || \
+	      { echo "promtool: apt-get download prometheus failed; install promtool and set PROMTOOL" >&2; exit 1; }; \
+	  fi; \
+	  dpkg-deb -x prometheus_*.deb x; \
+	  install -m 0755 x/usr/bin/promtool "$(abspath $(PROMTOOL))"; \
+	  "$(abspath $(PROMTOOL))" --version >/dev/null; echo "promtool installed: $(PROMTOOL)"
+
+promtool: $(PROMTOOL)
 
 migrate: install
 	$(PY) manage.py ensure_database
@@ -46,7 +55,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 test: lint $(PROMTOOL)
-	PROMTOOL=$(if $(wildcard $(PROMTOOL)),$(CURDIR)/$(PROMTOOL),) \
+	PROMTOOL=$(abspath $(PROMTOOL)) \
 	  DJANGO_SETTINGS_MODULE=config.settings.test $(VENV)/bin/pytest
 
 bench: install

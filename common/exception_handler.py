@@ -27,6 +27,7 @@ from resilience.breakers import BreakerOpenError
 from resilience.bulkhead import BulkheadFullError
 from resilience.deadline import DeadlineExceededError
 from resilience.ratelimit.business import ratelimited_to_problem
+from resilience.ssrf import ResolutionTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ _TRANSLATIONS: list[tuple[type | tuple[type, ...], Callable[[Any], Exception]]] 
         ),
     ),
     (
-        (BulkheadFullError, DeadlineExceededError),
+        (BulkheadFullError, DeadlineExceededError, ResolutionTimeoutError),
         lambda exc: DependencyUnavailableError(
             exc.dependency, retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
         ),

@@ -51,11 +51,15 @@ def _breaker_states() -> dict[str, dict[str, object]]:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: each dependency checked with its short timeouts.
+    """Readiness: can this instance give any documented answer (adr/0009)?
 
-    Only dependencies in ``HEALTH_CRITICAL_DEPENDENCIES`` make the instance unready
-    (503). Redis down is a degraded mode (cache bypassed, local rate limits), and taking
-    every instance out of the load balancer for it would turn degradation into an outage.
+    Ready (200) while at least one of ``HEALTH_ANSWER_SOURCES`` answers: with Postgres
+    down, reads are served stale from Redis and writes get a fast 503 with
+    ``Retry-After``; with Redis down, the cache is bypassed and rate limits are per
+    process. Both are documented answers, so the instance stays in rotation and the
+    ``degraded`` list (and ``status: "degraded"``) says what is missing. Only when no
+    source answers (every request would be refused, for instance this instance is cut
+    off from both) is it 503, so a load balancer prefers instances that can answer.
     """
     checks = {}
     for name, check in READINESS_CHECKS.items():
@@ -67,16 +71,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
         else:
             checks[name] = {"ok": True}
         checks[name]["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    critical = settings.HEALTH_CRITICAL_DEPENDENCIES
-    unavailable = [name for name, result in checks.items() if not result["ok"]]
-    ready = not any(name in critical for name in unavailable)
+    sources = settings.HEALTH_ANSWER_SOURCES
+    unavailable = {name for name, result in checks.items() if not result["ok"]}
+    ready = any(checks[name]["ok"] for name in sources if name in checks)
     breakers = _breaker_states()
     # A breaker that is not closed means its dependency is served in a degraded mode
-    # (payments deferred, cache bypassed); a critical one is unready, not degraded.
+    # (stale reads, payments deferred, cache bypassed).
     tripped = {name for name, state in breakers.items() if state["state"] != "closed"}
+    degraded = sorted(unavailable | tripped)
     body = {
-        "status": "ready" if ready else "unavailable",
-        "degraded": sorted(name for name in set(unavailable) | tripped if name not in critical),
+        "status": ("degraded" if degraded else "ready") if ready else "unavailable",
+        "degraded": degraded,
         "checks": checks,
         "breakers": breakers,
     }

@@ -1,6 +1,6 @@
 """gunicorn settings for the web process (gthread workers).
 
-Every number comes from the environment with a documented default (README table).
+Every number comes from the environment with a documented default (docs/configuration.md).
 """
 
 import os

@@ -5,7 +5,11 @@ class OrdersConfig(AppConfig):
     name = "orders"
 
     def ready(self) -> None:
+        from django.core.signals import request_started
+
         from orders.completer import complete_order_create
+        from orders.metrics import on_request_started
         from resilience.idempotency import register_completer
 
         register_completer("orders.create", complete_order_create)
+        request_started.connect(on_request_started, dispatch_uid="orders-gauges")

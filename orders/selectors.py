@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Min, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from common.errors import NotFoundError
-from orders.models import Order
+from orders.models import Order, OrderStatus
 
 
 def order_list(*, owner: Any) -> QuerySet[Order]:
@@ -36,3 +36,11 @@ def order_report(*, owner: Any, days: int) -> list[dict[str, Any]]:
         .order_by("day", "status", "currency")
     )
     return list(rows)
+
+
+def pending_payment_oldest_age_s() -> float:
+    """Seconds since the oldest ``pending_payment`` order was created (0 when none)."""
+    oldest = Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).aggregate(
+        oldest=Min("created_at")
+    )["oldest"]
+    return max(0.0, (timezone.now() - oldest).total_seconds()) if oldest else 0.0

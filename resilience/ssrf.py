@@ -15,20 +15,34 @@ Two layers, each doing what it can do best:
    switched on only when the allowlist admits a loopback address (development, tests).
    Consequence: allowlisting a private, non-loopback network (10.0.0.0/8) passes layer 1
    but is still refused by layer 2; supporting that would need our own pinning adapter.
+
+DNS is an outbound call too: layer 1's lookup is bounded by ``DNS_RESOLVE_TIMEOUT_S``
+(clipped to the request deadline at registration), through the system resolver in a
+worker thread, or through dnspython when ``DNS_NAMESERVERS`` names the servers. A lookup
+that does not finish in time raises :class:`ResolutionTimeoutError` (a 503 at
+registration, a deferred delivery). Layer 2's own lookup (requests-hardened, right after
+a successful bounded one) offers no timeout hook.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import dns.exception
+import dns.nameserver
+import dns.resolver
 import requests
+from django.conf import settings
 from requests_hardened import Config, HTTPSession
 from requests_hardened.ip_filter import InvalidIPAddress, _is_ip_in_extra_blocked_ranges
 
+from resilience import deadline
 from resilience.http import ResilientSession, client
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,6 +64,17 @@ class ForbiddenTargetError(ValueError):
         self.reason = reason
         self.detail = detail
         super().__init__(detail)
+
+
+class ResolutionTimeoutError(TimeoutError):
+    """A target's DNS lookup did not finish within ``DNS_RESOLVE_TIMEOUT_S``."""
+
+    dependency = "dns"
+
+    def __init__(self, host: str, timeout_s: float) -> None:
+        self.host = host
+        self.timeout_s = timeout_s
+        super().__init__(f"DNS lookup of {host!r} did not finish within {timeout_s:g} s")
 
 
 @dataclass(frozen=True)
@@ -102,10 +127,84 @@ def is_forbidden_address(address: IPAddress) -> bool:
     )
 
 
-def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to (tests replace this function, nothing else)."""
+# Lookups running now in this process: a hung resolver must not pile up threads.
+_in_flight = threading.BoundedSemaphore(64)
+
+
+def _system_lookup(host: str, port: int) -> list[IPAddress]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def _nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
+    """``"10.0.0.2"``, ``"10.0.0.2:5353"`` or ``"[::1]:5353"``."""
+    address, port = entry.strip(), 53
+    if address.startswith("["):
+        address, _, rest = address[1:].partition("]")
+        port = int(rest.removeprefix(":") or 53)
+    elif address.count(":") == 1:
+        address, raw_port = address.split(":")
+        port = int(raw_port)
+    return dns.nameserver.Do53Nameserver(address, port)
+
+
+def _dnspython_lookup(host: str, nameservers: Sequence[str], timeout_s: float) -> list[IPAddress]:
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [_nameserver(entry) for entry in nameservers]
+    resolver.lifetime = timeout_s
+    ends = time.monotonic() + timeout_s
+    addresses: list[IPAddress] = []
+    for rdtype in ("A", "AAAA"):
+        left = ends - time.monotonic()
+        if left <= 0:
+            raise ResolutionTimeoutError(host, timeout_s)
+        try:
+            answer = resolver.resolve(host, rdtype, lifetime=left, search=False)
+        except dns.resolver.NoAnswer:
+            continue
+        except dns.exception.Timeout as exc:
+            raise ResolutionTimeoutError(host, timeout_s) from exc
+        except dns.exception.DNSException as exc:  # NXDOMAIN, no nameservers, SERVFAIL...
+            raise OSError(f"{host!r} does not resolve: {type(exc).__name__}") from exc
+        addresses += [ipaddress.ip_address(record.address) for record in answer]
+    if not addresses:
+        raise OSError(f"{host!r} has no address")
+    return addresses
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, within ``DNS_RESOLVE_TIMEOUT_S``.
+
+    Raises :class:`ResolutionTimeoutError` when the lookup takes longer (or when too many
+    lookups are already hung in this process), ``OSError`` when the name does not resolve.
+    """
+    timeout_s = deadline.clip(settings.DNS_RESOLVE_TIMEOUT_S)
+    nameservers = list(settings.DNS_NAMESERVERS)
+    if not _in_flight.acquire(blocking=False):
+        raise ResolutionTimeoutError(host, timeout_s)
+    outcome: dict[str, object] = {}
+
+    def lookup() -> None:
+        try:
+            if nameservers:
+                outcome["value"] = _dnspython_lookup(host, nameservers, timeout_s)
+            else:
+                outcome["value"] = _system_lookup(host, port)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            outcome["error"] = exc
+        finally:
+            _in_flight.release()
+
+    # getaddrinfo has no timeout of its own: wait for it in a thread, at most timeout_s.
+    # A thread still stuck after that ends when the system resolver gives up.
+    worker = threading.Thread(target=lookup, name=f"dns {host}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ResolutionTimeoutError(host, timeout_s)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def check_target(url: str, *, allowed: Sequence[str]) -> None:
@@ -129,6 +228,8 @@ def check_target(url: str, *, allowed: Sequence[str]) -> None:
     except ValueError:
         try:
             addresses = resolve(host, port)
+        except ResolutionTimeoutError:
+            raise  # not the URL's fault: the caller answers 503 or retries later
         except (OSError, UnicodeError) as exc:
             raise ForbiddenTargetError(
                 "unresolvable_host", f"The host {host!r} does not resolve."

@@ -13,6 +13,12 @@ script writes the proxy's populate file and points DATABASE_URL, REDIS_URL and
 PAYMENTS_URL at the proxy's listen ports. ``CHAOS_PROXY_ROUTING=off`` connects the app
 directly (the proxy still runs, unused).
 
+Ports: before starting anything, every port the selected processes will listen on
+(``--port``/``--control-port`` and ``WORKER_METRICS_PORT`` in the Procfile, ``WEB_PORT``,
+the proxy's listen ports) must be free; a stack left over from an earlier run would
+otherwise keep answering in place of the new one. A taken port stops the script with
+the port and the process holding it.
+
 Usage: python scripts/devstack.py [--procfile Procfile] [--only web,beat]
 """
 
@@ -22,8 +28,10 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +61,63 @@ def read_procfile(path: Path) -> dict[str, str]:
             name, _, command = line.partition(":")
             processes[name.strip()] = command.strip()
     return processes
+
+
+_ENV_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
+_PORT_FLAG = re.compile(r"(?:--port|--control-port|WORKER_METRICS_PORT=)\s*(\d+)")
+
+
+def ports_of(name: str, command: str, env: dict[str, str]) -> list[int]:
+    """The TCP ports one Procfile process will listen on, with ``env`` applied."""
+    expanded = _ENV_DEFAULT.sub(lambda m: env.get(m[1]) or m[2], command)
+    ports = [int(port) for port in _PORT_FLAG.findall(expanded)]
+    if name == "web":
+        ports.append(int(env.get("WEB_PORT", "8000")))
+    if name == "proxy":
+        ports += PROXY_LISTEN.values()
+    return ports
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), Path(table).open() as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])  # 0A: LISTEN
+    return inodes
+
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port``: "pid N (command line)", or why we cannot tell."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return "an unknown process (not visible in /proc/net/tcp)"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                target = str(fd.readlink())
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    return f"pid {proc.name} ({cmdline.strip()[:120]})"
+    return "a process of another user (its pid is not visible)"
+
+
+def taken_ports(processes: dict[str, str], env: dict[str, str]) -> list[tuple[str, int, str]]:
+    """(process, port, holder) for every port a selected process needs that is taken."""
+    taken = []
+    for name, command in processes.items():
+        for port in ports_of(name, command, env):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    taken.append((name, port, port_holder(port)))
+    return taken
 
 
 def pump(name: str, color: str, stream, width: int) -> None:
@@ -197,8 +262,18 @@ def main() -> int:
     processes = read_procfile(Path(args.procfile))
     if args.only:
         processes = {n: c for n, c in processes.items() if n in args.only.split(",")}
-    RUN_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
+    taken = taken_ports(processes, env)
+    if taken:
+        for name, port, holder in taken:
+            print(f"make run: port {port} (for {name}) is taken by {holder}", file=sys.stderr)
+        print(
+            "Refusing to start: stop that process (a stack left from an earlier run?) or"
+            " choose other ports (WEB_PORT, WORKER_*_METRICS_PORT).",
+            file=sys.stderr,
+        )
+        return 2
+    RUN_DIR.mkdir(exist_ok=True)
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"

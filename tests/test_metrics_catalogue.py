@@ -70,6 +70,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
     from django.conf import settings
 
     from common.request_context import bind_request_id, reset_request_id
+    from common.tasks import beat_heartbeat
     from orders.tasks import authorize_deferred_payment
     from resilience.models import IdempotencyRecord
     from resilience.tasks import complete_stale_idempotency_records
@@ -184,6 +185,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
         finally:
             reset_request_id(bound)
         complete_stale_idempotency_records.delay()
+        beat_heartbeat.delay()
 
         # 5. The limiter's Redis cut: errors counted, decisions fall back per process.
         wait_for(
@@ -202,6 +204,7 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
             return (
                 "resilience.tasks.complete_stale_idempotency_records" in text
                 and "orders.tasks.authorize_deferred_payment" in text
+                and "common.tasks.beat_heartbeat" in text
                 and "resilience_idempotency_completer_runs_total{" in text
             )
 
@@ -216,6 +219,8 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
     missing = []
     for metric in catalogue().values():
         for source in metric.exported_by:
+            if source == "prometheus":  # made by Prometheus itself (up), not by a process
+                continue
             processes = ["worker-default", "worker-webhooks"] if source == "workers" else [source]
             missing += [
                 (metric.name, p) for p in processes if not exported(scraped[p], metric.name)

@@ -2,8 +2,9 @@
 
 Checked offline: the dashboard JSON loads and every query names catalogued metrics;
 every alert names catalogued metrics and links to a runbook that exists; promtool
-validates the rules and the scrape config when it is installed (Debian: ``apt-get
-install prometheus``; or set ``PROMTOOL`` to a promtool binary).
+validates the rules and the scrape config and runs the rules' unit tests
+(deploy/prometheus/alerts.test.yml). ``make promtool`` installs it; without it these
+tests fail.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -23,6 +25,7 @@ from tests.processes import ROOT
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "resilience.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 PATTERN_ROWS = (
     "Rate limiting",
     "Load shedding",
@@ -49,7 +52,13 @@ def test_the_catalogue_documents_each_metric_fully():
     assert len(metrics) >= 30
     for metric in metrics.values():
         assert metric.type in {"counter", "gauge", "histogram"}, metric
-        assert set(metric.exported_by) <= {"web", "workers", "worker-default", "worker-webhooks"}
+        assert set(metric.exported_by) <= {
+            "web",
+            "workers",
+            "worker-default",
+            "worker-webhooks",
+            "prometheus",
+        }
         if metric.type == "counter":
             assert metric.name.endswith("_total"), metric.name
 
@@ -100,6 +109,10 @@ def test_every_alert_names_catalogued_metrics_and_an_existing_runbook():
         "WebhookDeadLetters",
         "IdempotencyKeyCollision",
         "DependencyDown",
+        "WebhookTargetDown",
+        "ScrapeTargetDown",
+        "BeatNotRunning",
+        "PendingPaymentTooOld",
     } <= names
     for rule in rules:
         runbook = rule["annotations"]["runbook_url"]
@@ -146,24 +159,45 @@ def test_compose_runs_prometheus_and_grafana_with_the_project_files():
 
 
 def _promtool() -> str:
-    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if not promtool:
-        pytest.skip(
-            "promtool not installed (Debian: apt-get install prometheus, or set PROMTOOL);"
-            " the YAML checks above still ran"
-        )
-    return promtool
+    """The promtool binary: ``PROMTOOL``, the one ``make promtool`` installs, or PATH.
+
+    Missing is a failure, not a skip: these are the only checks that evaluate the rules.
+    """
+    candidates = [os.environ.get("PROMTOOL"), str(ROOT / ".venv" / "bin" / "promtool")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("promtool")
+    if not found:
+        pytest.fail("promtool not found: run `make promtool` (or set PROMTOOL to a binary)")
+    return found
 
 
 @pytest.mark.parametrize(
-    ("what", "path"), [("rules", ALERTS), ("config", PROMETHEUS)], ids=["rules", "config"]
+    ("args", "path"),
+    [
+        (("check", "rules"), ALERTS),
+        (("check", "config"), PROMETHEUS),
+        (("test", "rules"), ALERT_TESTS),
+    ],
+    ids=["check-rules", "check-config", "test-rules"],
 )
-def test_promtool_accepts_the_files(what, path):
+def test_promtool_accepts_the_files(args, path):
+    """Valid rules and config; the rule unit tests (who is paged, who gets a ticket) pass."""
     result = subprocess.run(
-        [_promtool(), "check", what, str(path)],
+        [_promtool(), *args, str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pages_are_only_for_own_dependencies():
+    """Every paging rule on a per-dependency metric excludes customers' webhook targets."""
+    for rule in alert_rules():
+        if rule["labels"]["severity"] != "page" or "dependency" not in rule["expr"]:
+            continue
+        for selector in re.findall(r"resilience_\w+\{([^}]*)\}", rule["expr"]):
+            assert 'dependency!~"webhook:.*"' in selector, (rule["alert"], selector)

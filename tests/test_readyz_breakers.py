@@ -21,7 +21,7 @@ def test_an_open_breaker_is_listed_with_its_reopen_time_and_makes_a_degraded_mod
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 200  # payments down: orders deferred, still serving
-    assert body["status"] == "ready"
+    assert body["status"] == "degraded"
     assert body["degraded"] == ["payments"]
     assert body["breakers"]["payments"]["state"] == "open"
     reset_timeout = breaker("payments").reset_timeout
@@ -37,7 +37,7 @@ def test_a_forced_open_breaker_stays_degraded_until_closed(client):
     assert body["breakers"]["payments"] == {"state": "closed", "reopens_in_s": 0.0}
 
 
-def test_an_open_critical_breaker_is_unready_not_degraded(client, settings):
+def test_an_open_postgres_breaker_is_degraded_not_unready(client):
     breaker("postgres").open()
     try:
         response = client.get("/readyz")
@@ -45,6 +45,6 @@ def test_an_open_critical_breaker_is_unready_not_degraded(client, settings):
         breaker("postgres").close()
     body = response.json()
     assert body["breakers"]["postgres"]["state"] == "open"
-    assert "postgres" in settings.HEALTH_CRITICAL_DEPENDENCIES
-    assert response.status_code == 503
-    assert "postgres" not in body["degraded"]
+    assert response.status_code == 200  # stale reads from Redis, fast 503s for the rest
+    assert body["status"] == "degraded"
+    assert body["degraded"] == ["postgres"]

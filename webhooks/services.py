@@ -46,10 +46,12 @@ from resilience.breakers import BreakerOpenError
 from resilience.bulkhead import BulkheadFullError
 from resilience.db_routing import current_alias
 from resilience.http import DownstreamHTTPError
+from resilience.publish import publish
 from resilience.ssrf import (
     FORBIDDEN_ADDRESS_ERRORS,
     REQUEST_ERRORS,
     ForbiddenTargetError,
+    ResolutionTimeoutError,
     check_target,
     guarded_client,
 )
@@ -239,7 +241,7 @@ def deliveries_publish(delivery_ids: Sequence[Any], *, from_sweep: bool = False)
     published = []
     for delivery_id in delivery_ids:
         try:
-            deliver.apply_async(args=[str(delivery_id)])
+            publish(deliver, args=[str(delivery_id)])  # bounded by the request's deadline
         except Exception as exc:  # noqa: BLE001 - kombu/redis raise many types; all mean "not now"
             _publish_paused_until = time.monotonic() + settings.WEBHOOKS_PUBLISH_PAUSE_S
             left = len(delivery_ids) - len(published)
@@ -342,9 +344,11 @@ def delivery_attempt(*, delivery_id: Any) -> str:
         return "failed"
     try:
         check_target(endpoint.url, allowed=settings.WEBHOOKS_ALLOWED_TARGETS)
-    except ForbiddenTargetError as exc:  # the name resolves elsewhere now (rebinding)
-        _record(delivery, lease, _Result("forbidden", error=exc.detail), latency_ms=None)
-        return "forbidden"
+    except (ForbiddenTargetError, ResolutionTimeoutError) as exc:
+        # Resolves elsewhere now (rebinding): forbidden. DNS too slow: a failed attempt.
+        outcome = "retry" if isinstance(exc, ResolutionTimeoutError) else "forbidden"
+        _record(delivery, lease, _Result(outcome, error=str(exc)), latency_ms=None)
+        return outcome
 
     body = json.dumps(delivery.event.payload, separators=(",", ":"), sort_keys=True).encode()
     msg_id = str(delivery.event_id)

@@ -2,7 +2,7 @@
 
 Every number that shapes behaviour under load or failure (timeouts, pool sizes, limits,
 retry counts) is defined here, read from the environment with a documented default, and
-listed in the configuration table of ``README.md``. Resilience numbers per dependency
+listed in the configuration table of ``docs/configuration.md``. Resilience numbers per dependency
 live in ``RESILIENCE`` (see ``docs/timeouts.md``).
 """
 
@@ -315,8 +315,9 @@ API_PAGE_SIZE = env("API_PAGE_SIZE", default=20, cast=int)
 API_MAX_PAGE_SIZE = env("API_MAX_PAGE_SIZE", default=100, cast=int)
 # Seconds a client is told to wait (Retry-After) when a dependency is unavailable.
 API_UNAVAILABLE_RETRY_AFTER_S = env("API_UNAVAILABLE_RETRY_AFTER_S", default=2, cast=int)
-# Dependencies whose failure makes /readyz answer 503; the others only degrade service.
-HEALTH_CRITICAL_DEPENDENCIES = env("HEALTH_CRITICAL_DEPENDENCIES", default=["postgres"], cast=list)
+# /readyz is 200 while any of these answers (each can serve documented answers alone:
+# Postgres everything, Redis stale reads); 503 only when none does (adr/0009).
+HEALTH_ANSWER_SOURCES = env("HEALTH_ANSWER_SOURCES", default=["postgres", "redis"], cast=list)
 ACCOUNTS_TOKEN_TTL_S = env("ACCOUNTS_TOKEN_TTL_S", default=7 * 24 * 3600, cast=int)
 # How long a token stays recognised from Redis while Postgres is down (accounts.authentication).
 ACCOUNTS_TOKEN_CACHE_S = env("ACCOUNTS_TOKEN_CACHE_S", default=600, cast=int)
@@ -682,6 +683,9 @@ RESILIENCE_RATELIMIT = {
     "unavailable_retry_after_s": env("RATELIMIT_UNAVAILABLE_RETRY_AFTER_S", default=2, cast=int),
     "middleware": {"policy": "flood", "path_prefixes": ["/api/"]},
     "policies": _RATELIMIT_POLICIES,
+    # A candidate beside a live policy, in dry run, for the runbook's "would a higher
+    # limit fit?": RATELIMIT_CANDIDATE_POLICIES='{"login_ip": {"capacity": 60}}'.
+    "candidates": env("RATELIMIT_CANDIDATE_POLICIES", default={}, cast=json.loads),
 }
 # django-ratelimit, for fixed-window business rules only (resilience.ratelimit.business).
 # Fail closed here so the wrapper sees a cache failure and applies each rule's own
@@ -696,6 +700,10 @@ RATELIMIT_IP_META_KEY = "resilience.ratelimit.client_ip.ratelimit_ip_meta"
 # Targets allowed although they resolve to loopback/private addresses: IPs, CIDRs or exact
 # host names. Empty in production; local and test settings allow 127.0.0.1 and localhost.
 WEBHOOKS_ALLOWED_TARGETS = env("WEBHOOKS_ALLOWED_TARGETS", default=[], cast=list)
+# DNS lookups of webhook targets (resilience.ssrf, at registration and before each
+# delivery) are bounded; empty nameservers means the system resolver ("host[:port]").
+DNS_RESOLVE_TIMEOUT_S = env("DNS_RESOLVE_TIMEOUT_S", default=2.0, cast=float)
+DNS_NAMESERVERS = env("DNS_NAMESERVERS", default=[], cast=list)
 WEBHOOKS_EVENT_TYPES = [
     "order.created",
     "order.paid",
@@ -737,3 +745,12 @@ CELERY_BEAT_SCHEDULE |= {
     },
 }
 # --- end of webhooks ---------------------------------------------------------------------
+
+# The beat heartbeat (common/tasks.py): BeatNotRunning fires when it is 5 intervals old.
+BEAT_HEARTBEAT_INTERVAL_S = env("BEAT_HEARTBEAT_INTERVAL_S", default=30.0, cast=float)
+CELERY_BEAT_SCHEDULE |= {
+    "beat-heartbeat": {
+        "task": "common.tasks.beat_heartbeat",
+        "schedule": BEAT_HEARTBEAT_INTERVAL_S,
+    },
+}

@@ -7,6 +7,7 @@ check in :mod:`resilience.ratelimit.checks` reports it at start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import math
@@ -34,12 +35,16 @@ TOP_LEVEL_KEYS = frozenset(
         "unavailable_retry_after_s",
         "middleware",
         "policies",
+        "candidates",
     }
 )
 REDIS_KEYS = frozenset(
     {"url", "max_connections", "pool_timeout_s", "socket_timeout_s", "connect_timeout_s"}
 )
 MIDDLEWARE_KEYS = frozenset({"policy", "path_prefixes"})
+# What a candidate may change of its live policy: the numbers, not whose bucket it is.
+CANDIDATE_KEYS = frozenset({"capacity", "refill_rate", "description"})
+CANDIDATE_SUFFIX = ".candidate"
 POLICY_KEYS = frozenset(
     {"capacity", "refill_rate", "scope", "dry_run", "fail", "username_field", "description"}
 )
@@ -101,13 +106,17 @@ class RateLimitConfig:
     middleware_policy: str | None
     middleware_path_prefixes: tuple[str, ...]
     policies: Mapping[str, Policy]
+    # Live policy name -> its candidate: checked beside it, always in dry run.
+    candidates: Mapping[str, Policy] = dataclasses.field(default_factory=dict)
 
     def policy(self, name: str) -> Policy:
-        """The policy called ``name``; an unknown name is a programming error."""
-        try:
+        """The policy (or candidate) called ``name``; an unknown name is a programming error."""
+        if name in self.policies:
             return self.policies[name]
-        except KeyError:
-            raise ImproperlyConfigured(f"{SETTING} has no policy {name!r}") from None
+        for candidate in self.candidates.values():
+            if candidate.name == name:
+                return candidate
+        raise ImproperlyConfigured(f"{SETTING} has no policy {name!r}")
 
 
 def _unknown(where: str, raw: Mapping[str, Any], known: frozenset[str]) -> None:
@@ -153,6 +162,30 @@ def build_policy(name: str, raw: Mapping[str, Any]) -> Policy:
     )
 
 
+def build_candidate(live: Policy, raw: Mapping[str, Any]) -> Policy:
+    """A candidate for ``live``: new numbers, same scope, always in dry run.
+
+    It is decided with every request ``live`` decides, on its own buckets (named
+    ``<live>.candidate``), and counted under its own name, so its would-be refusals
+    (``result="dry_run_limited"``) can be compared with the live policy's before
+    switching. It never refuses and is never advertised in the ``RateLimit`` fields.
+    """
+    where = f"['candidates'][{live.name!r}]"
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(f"{SETTING}{where} must be a dict")
+    _unknown(where, raw, CANDIDATE_KEYS)
+    spec = {
+        "capacity": raw.get("capacity", live.capacity),
+        "refill_rate": raw.get("refill_rate", live.refill_rate),
+        "scope": live.scope,
+        "fail": "open",
+        "username_field": live.username_field,
+        "description": raw.get("description", f"candidate for {live.name}"),
+        "dry_run": True,
+    }
+    return build_policy(f"{live.name}{CANDIDATE_SUFFIX}", spec)
+
+
 def build_config(raw: Mapping[str, Any]) -> RateLimitConfig:
     """Validate the whole ``RESILIENCE_RATELIMIT`` dict and build the typed config."""
     if not isinstance(raw, Mapping):
@@ -163,6 +196,15 @@ def build_config(raw: Mapping[str, Any]) -> RateLimitConfig:
     middleware_raw = raw.get("middleware", {})
     _unknown("['middleware']", middleware_raw, MIDDLEWARE_KEYS)
     policies = {name: build_policy(name, spec) for name, spec in raw.get("policies", {}).items()}
+    candidates_raw = raw.get("candidates", {})
+    if not isinstance(candidates_raw, Mapping):
+        raise ImproperlyConfigured(f"{SETTING}['candidates'] must be a dict")
+    for name in candidates_raw:
+        if name not in policies:
+            raise ImproperlyConfigured(f"{SETTING}['candidates'][{name!r}] names no policy")
+    candidates = {
+        name: build_candidate(policies[name], spec) for name, spec in candidates_raw.items()
+    }
     middleware_policy = middleware_raw.get("policy")
     if middleware_policy is not None and middleware_policy not in policies:
         raise ImproperlyConfigured(f"{SETTING}['middleware']['policy'] names no policy")
@@ -212,6 +254,7 @@ def build_config(raw: Mapping[str, Any]) -> RateLimitConfig:
         middleware_policy=middleware_policy,
         middleware_path_prefixes=tuple(middleware_raw.get("path_prefixes", ("/api/",))),
         policies=policies,
+        candidates=candidates,
     )
 
 

@@ -150,6 +150,13 @@ class Limiter:
         config = get_config()
         if not config.enabled or not checks:
             return Decision(allowed=True, mode=MODE_DISABLED)
+        candidates = [
+            (config.candidates[policy.name], identity)
+            for policy, identity in checks
+            if policy.name in config.candidates
+        ]
+        if candidates:
+            self._check_candidates(config, candidates, cost)
         keys = [self.key(config, policy, identity) for policy, identity in checks]
         policies = [policy for policy, _ in checks]
         buckets = [
@@ -194,6 +201,44 @@ class Limiter:
         )
         self._count(decision)
         return decision
+
+    def _check_candidates(
+        self, config: RateLimitConfig, checks: Sequence[tuple[Policy, str]], cost: int
+    ) -> None:
+        """Decide each candidate on its own buckets, as if it were the live policy.
+
+        A separate call with dry-run buckets only: each consumes when it has room,
+        whatever the live policies decide, so a candidate sees the traffic it would see
+        if it were live. Counted and logged, never enforced. Skipped while Redis is
+        unavailable (an experiment does not need the per-process fallback).
+        """
+        keys = [self.key(config, policy, identity) for policy, identity in checks]
+        buckets = [
+            Bucket(
+                key=key,
+                capacity=policy.capacity,
+                interval_s=policy.interval_s,
+                cost=cost,
+                enforce=False,
+            )
+            for key, (policy, _) in zip(keys, checks, strict=True)
+        ]
+        try:
+            _, states = self.redis_store(config).consume(buckets)
+        except StoreUnavailableError:
+            return
+        refused = []
+        for (policy, _), key, state in zip(checks, keys, states, strict=True):
+            metrics.decision(
+                policy.name, "allowed" if state.ok else "dry_run_limited", MODE_REDIS
+            ).inc()
+            if not state.ok:
+                refused.append((policy.name, key))
+        if refused:
+            logger.info(
+                "rate limit candidate would refuse",
+                extra={"policies": [n for n, _ in refused], "keys": [k for _, k in refused]},
+            )
 
     @staticmethod
     def _local_share(bucket: Bucket, instances: int) -> Bucket:

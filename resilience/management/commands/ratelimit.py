@@ -30,7 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         config = get_config()
         if options["action"] == "policies":
-            for policy in config.policies.values():
+            for policy in [*config.policies.values(), *config.candidates.values()]:
                 self.stdout.write(
                     f"{policy.name}: capacity {policy.capacity}, {policy.refill_rate:g}/s, "
                     f"scope {policy.scope}, fail {policy.fail}"

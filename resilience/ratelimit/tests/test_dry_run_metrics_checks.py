@@ -99,3 +99,62 @@ def test_unknown_top_level_keys_and_bad_proxies_are_rejected(settings):
         build_config({**settings.RESILIENCE_RATELIMIT, "trusted_proxy": []})
     with pytest.raises(ImproperlyConfigured, match="trusted_proxies"):
         build_config({**settings.RESILIENCE_RATELIMIT, "trusted_proxies": ["10.0.0.0/33"]})
+
+
+def test_a_candidate_runs_in_dry_run_beside_the_live_policy(
+    api_client, settings, limiter_with_clock
+):
+    """The runbook's "would a higher limit fit?": live 2, candidate 4, on real Redis."""
+    ratelimit_settings(
+        settings,
+        policies={"flood": {"capacity": 2, "refill_rate": 0.001}},
+        candidates={"flood": {"capacity": 4}},
+    )
+    live = {r: sample("flood", r) for r in ("allowed", "limited")}
+    candidate = {r: sample("flood.candidate", r) for r in ("allowed", "dry_run_limited")}
+    statuses = [api_client.get(ME).status_code for _ in range(6)]
+    # The live policy alone decides: 2 through, then 429.
+    assert statuses == [401, 401, 429, 429, 429, 429]
+    assert sample("flood", "allowed") - live["allowed"] == 2
+    assert sample("flood", "limited") - live["limited"] == 4
+    # The candidate saw all six requests on its own bucket: it would have let 4 through.
+    assert sample("flood.candidate", "allowed") - candidate["allowed"] == 4
+    assert sample("flood.candidate", "dry_run_limited") - candidate["dry_run_limited"] == 2
+    # Never advertised to clients.
+    assert "flood.candidate" not in api_client.get(ME).get("RateLimit-Policy", "")
+
+
+def test_a_candidate_has_its_own_buckets_and_is_listed(settings, limiter_with_clock):
+    from django.core.management import call_command
+
+    from resilience.ratelimit.limiter import Limiter, get_limiter
+
+    ratelimit_settings(settings, candidates={"login_ip": {"capacity": 60}})
+    config = build_config(settings.RESILIENCE_RATELIMIT)
+    candidate = config.policy("login_ip.candidate")
+    assert (candidate.capacity, candidate.scope, candidate.dry_run) == (60, "ip", True)
+    assert candidate.refill_rate == config.policy("login_ip").refill_rate
+    decision = get_limiter().check([(config.policy("login_ip"), "203.0.113.9")])
+    # The decision is the live policy's alone; the candidate drew from its own bucket.
+    assert [r.policy.name for r in decision.results] == ["login_ip"]
+    store = get_limiter().redis_store(config)
+    candidate_key = Limiter.key(config, candidate, "203.0.113.9")
+    assert candidate_key != decision.results[0].key
+    assert store.peek(candidate_key) is not None
+    import io
+
+    out = io.StringIO()
+    call_command("ratelimit", "policies", stdout=out)
+    assert "login_ip.candidate: capacity 60" in out.getvalue()
+    assert "DRY RUN" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [{"nope": {"capacity": 3}}, {"flood": {"scope": "user"}}, {"flood": {"capacity": 0}}],
+    ids=["unknown-policy", "scope-not-changeable", "bad-number"],
+)
+def test_a_bad_candidate_is_refused_at_start_up(settings, candidates):
+    raw = {**settings.RESILIENCE_RATELIMIT, "candidates": candidates}
+    with pytest.raises(ImproperlyConfigured):
+        build_config(raw)
