@@ -11,7 +11,7 @@ from django.core.cache import cache
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from common.errors import DependencyUnavailableError
+from common.errors import DependencyUnavailableError, ErrorCode
 from common.responses import application_error_response, problem_response
 
 
@@ -87,15 +87,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=400, code="bad_request")
+    return problem_response(request, status=400, code=ErrorCode.BAD_REQUEST)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=403, code="permission_denied")
+    return problem_response(request, status=403, code=ErrorCode.PERMISSION_DENIED)
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=404, code="not_found", detail="No such resource.")
+    return problem_response(
+        request, status=404, code=ErrorCode.NOT_FOUND, detail="No such resource."
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
@@ -111,4 +113,4 @@ def server_error(request: HttpRequest) -> HttpResponse:
     translated = translate_exception(exc) if isinstance(exc, Exception) else exc
     if isinstance(translated, DependencyUnavailableError):
         return application_error_response(request, translated)
-    return problem_response(request, status=500, code="server_error")
+    return problem_response(request, status=500, code=ErrorCode.SERVER_ERROR)

@@ -1,14 +1,28 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from common.serializers import QuerySerializer, StrictChoiceField, StrictRegexField
 from webhooks.models import Delivery, DeliveryStatus, Endpoint
+
+# The URLs the API accepts, stated in the OpenAPI schema as this same pattern: http(s),
+# a host of letters, digits, dots and hyphens (a name or an IPv4 address; no userinfo,
+# so no "@" parser confusion), an optional port, then visible ASCII. Whether the host
+# may be called is the SSRF guard's verdict (422 `webhook_target_forbidden`).
+WEBHOOK_URL_PATTERN = (
+    r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?"
+    r"(?:[/?#][\x21-\x7E]*)?$"
+)
 
 
 class EndpointCreateInputSerializer(serializers.Serializer):
     # Scheme and address are checked by the service (422 with a reason): SSRF guard.
-    url = serializers.URLField(max_length=2048)
+    url = StrictRegexField(
+        WEBHOOK_URL_PATTERN,
+        max_length=2048,
+        error_messages={"invalid": "Enter an http(s) URL with a host name or IPv4 address."},
+    )
     event_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=settings.WEBHOOKS_EVENT_TYPES),
+        child=StrictChoiceField(choices=settings.WEBHOOKS_EVENT_TYPES),
         allow_empty=False,
         max_length=len(settings.WEBHOOKS_EVENT_TYPES),
     )
@@ -27,7 +41,7 @@ class EndpointCreatedOutputSerializer(EndpointOutputSerializer):
         fields = [*EndpointOutputSerializer.Meta.fields, "secret"]
 
 
-class DeliveryListInputSerializer(serializers.Serializer):
+class DeliveryListInputSerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
     endpoint = serializers.UUIDField(required=False)
 
