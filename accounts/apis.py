@@ -10,14 +10,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import services
-from common.errors import ErrorCode
-from common.schema import problems
 from accounts.serializers import (
     CredentialsInputSerializer,
     LoginInputSerializer,
     TokenOutputSerializer,
     UserOutputSerializer,
 )
+from common.errors import ErrorCode
+from common.schema import problems
 from resilience.concurrency import priority
 from resilience.ratelimit.throttles import LoginThrottle, SignupThrottle
 
@@ -78,7 +78,10 @@ class LoginApi(APIView):
             ),
             OpenApiExample(
                 "Token",
-                value={"token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", "created": "2026-12-01T09:00:05Z"},
+                value={
+                    "token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b",
+                    "created": "2026-12-01T09:00:05Z",
+                },
                 response_only=True,
                 status_codes=[200],
             ),

@@ -33,9 +33,7 @@ ROOMY_POLICIES = {
 
 
 @contextmanager
-def api_server(
-    tmp_path: Path, *, policies: dict | None = None, **env: str
-) -> Iterator[str]:
+def api_server(tmp_path: Path, *, policies: dict | None = None, **env: str) -> Iterator[str]:
     """Run the API under gunicorn for the block; yield its base URL (no trailing slash)."""
     port = free_port()
     environment = child_environment(
