@@ -4,13 +4,15 @@ from rest_framework import serializers
 from common.serializers import QuerySerializer, StrictChoiceField, StrictRegexField
 from webhooks.models import Delivery, DeliveryStatus, Endpoint
 
-# The URLs the API accepts, stated in the OpenAPI schema as this same pattern: http(s),
-# a host of letters, digits, dots and hyphens (a name or an IPv4 address; no userinfo,
-# so no "@" parser confusion), an optional port, then visible ASCII. Whether the host
-# may be called is the SSRF guard's verdict (422 `webhook_target_forbidden`).
+# The URLs the API accepts, stated in the OpenAPI schema as this same pattern: a scheme,
+# a host (a name or IPv4 address of letters, digits, dots and hyphens, or a bracketed
+# IPv6 address; no userinfo, so no "@" parser confusion), an optional port, then visible
+# ASCII. Whether the scheme and host may be called is the SSRF guard's verdict (422
+# `webhook_target_forbidden` with a `reason`), not a matter of syntax.
 WEBHOOK_URL_PATTERN = (
-    r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?"
-    r"(?:[/?#][\x21-\x7E]*)?$"
+    r"^[A-Za-z][A-Za-z0-9+.-]*://"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::[0-9]{1,5})?(?:[/?#][\x21-\x7E]*)?$"
 )
 
 
@@ -19,7 +21,7 @@ class EndpointCreateInputSerializer(serializers.Serializer):
     url = StrictRegexField(
         WEBHOOK_URL_PATTERN,
         max_length=2048,
-        error_messages={"invalid": "Enter an http(s) URL with a host name or IPv4 address."},
+        error_messages={"invalid": "Enter a URL with a host name or IP address."},
     )
     event_types = serializers.ListField(
         child=StrictChoiceField(choices=settings.WEBHOOKS_EVENT_TYPES),
