@@ -32,13 +32,11 @@ def generate(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"post_hooks": []}))  # no formatter run on the output
     root = tmp_path / "generated"
-    result = subprocess.run(
-        [
-            str(VENV_BIN / "openapi-python-client"), "generate", "--path", str(schema),
-            "--meta", "none", "--config", str(config), "--output-path", str(root / PACKAGE),
-        ],  # fmt: skip
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    command = [
+        str(VENV_BIN / "openapi-python-client"), "generate", "--path", str(schema),
+        "--meta", "none", "--config", str(config), "--output-path", str(root / PACKAGE),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Warning" not in result.stdout + result.stderr, result.stdout + result.stderr
     return root

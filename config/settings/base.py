@@ -365,6 +365,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Metrics ----------------------------------------------------------------------------
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# Who may read GET /metrics on the web port: CIDRs, or unset for everyone (development;
+# production sets loopback by default, config/settings/production.py, docs/metrics.md).
+METRICS_ALLOWED_NETWORKS = env("METRICS_ALLOWED_NETWORKS", default=None, cast=list)
 
 # --- Logging: one JSON object per line, tagged with the request id -------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
