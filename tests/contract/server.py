@@ -37,9 +37,7 @@ def api_server(tmp_path: Path, *, policies: dict | None = None, **env: str) -> I
     """Run the API under gunicorn for the block; yield its base URL (no trailing slash)."""
     port = free_port()
     environment = child_environment(
-        WEB_PORT=str(port),
-        WEB_WORKERS="2",
-        WEB_THREADS="4",
+        WEB_PORT=str(port),  # workers and threads as shipped (the start-up checks need them)
         RATELIMIT_POLICY_OVERRIDES=json.dumps(ROOMY_POLICIES if policies is None else policies),
         **env,
     )
