@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     # Rate limiting (resilience.ratelimit).
     RATE_LIMITED = "rate_limited"
     RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
+    # Load shedding (resilience.concurrency).
+    OVERLOADED = "overloaded"
     # Idempotency keys (resilience.idempotency).
     IDEMPOTENCY_KEY_INVALID = "idempotency_key_invalid"
     IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"

@@ -210,7 +210,7 @@ class ProblemAutoSchema(AutoSchema):
         codes[406].append(E.NOT_ACCEPTABLE)
         codes[413].append(E.BODY_TOO_LARGE)
         codes[429].append(E.RATE_LIMITED)
-        codes[503].append(E.DEPENDENCY_UNAVAILABLE)
+        codes[503] += [E.DEPENDENCY_UNAVAILABLE, E.OVERLOADED]  # overloaded: load shedding
         if self._fail_closed_throttle():
             codes[503].append(E.RATE_LIMITER_UNAVAILABLE)
         if self._needs_auth():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,6 +38,21 @@ def test_every_error_class_code_is_an_error_code():
     assert codes  # the walk found the classes
     unknown = codes - {code.value for code in ErrorCode}
     assert not unknown, f"add these to common.errors.ErrorCode: {sorted(unknown)}"
+
+
+def test_no_code_is_spelt_outside_the_enumeration():
+    """Problem answers built by hand (middleware, handlers) take ErrorCode members too."""
+    root = Path(__file__).resolve().parent.parent
+    literal = re.compile(r"\bcode=\"(\w+)\"")
+    found = {}
+    for folder in ("common", "resilience", "accounts", "orders", "webhooks", "config"):
+        for path in (root / folder).rglob("*.py"):
+            if "tests" in path.parts:
+                continue
+            for code in literal.findall(path.read_text()):
+                found.setdefault(code, path.relative_to(root))
+    unknown = {c: str(p) for c, p in found.items() if c not in {e.value for e in ErrorCode}}
+    assert not unknown, unknown
 
 
 def test_the_schema_lists_exactly_the_error_codes():
