@@ -11,23 +11,23 @@ from rest_framework.authtoken.models import Token
 
 from accounts.authentication import forget_token, token_expiry_cutoff
 from accounts.models import User, normalize_email
-from common.errors import ApplicationError, ConflictError, DependencyUnavailableError
+from common.errors import ApplicationError, ConflictError, DependencyUnavailableError, ErrorCode
 from resilience.db_routing import current_alias
 
 
 class EmailTakenError(ConflictError):
-    code = "email_taken"
+    code = ErrorCode.EMAIL_TAKEN
     title = "Email already registered"
 
 
 class InvalidCredentialsError(ApplicationError):
     status = 401
-    code = "invalid_credentials"
+    code = ErrorCode.INVALID_CREDENTIALS
     title = "Invalid credentials"
 
 
 class WeakPasswordError(ApplicationError):
-    code = "invalid"
+    code = ErrorCode.INVALID
     title = "The request has invalid fields."
 
     def __init__(self, messages: list[str]) -> None:

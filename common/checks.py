@@ -52,3 +52,26 @@ def check_celery_setting_names(app_configs, **kwargs) -> list[Error]:
                 )
             )
     return errors
+
+
+@register()
+def check_metrics_allowed_networks(app_configs, **kwargs) -> list[Error]:
+    """``METRICS_ALLOWED_NETWORKS`` is unset or a list of CIDRs (a typo must not 500)."""
+    import ipaddress
+
+    networks = getattr(settings, "METRICS_ALLOWED_NETWORKS", None)
+    if networks is None:
+        return []
+    errors = []
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"METRICS_ALLOWED_NETWORKS: {network!r} is not an IP network.",
+                    hint="Use CIDRs such as 10.0.0.0/8,127.0.0.1/32.",
+                    id="common.E003",
+                )
+            )
+    return errors

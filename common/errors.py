@@ -9,17 +9,65 @@ RFC 9457 problem document.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
+class ErrorCode(StrEnum):
+    """Every stable ``code`` a problem document can carry: the one list.
+
+    Error classes, middleware and handlers take their code from here; the OpenAPI
+    schema lists these values (``common.schema``), and the contract tests fail on an
+    answer whose code is not one of them. A member is a ``str``, so it compares equal
+    to (and serialises as) its value.
+    """
+
+    # Generic answers of the error model and of DRF (``default_code`` of its exceptions).
+    BAD_REQUEST = "bad_request"
+    INVALID = "invalid"  # field validation; ``errors`` says which fields
+    PARSE_ERROR = "parse_error"
+    INVALID_CONTENT_LENGTH = "invalid_content_length"
+    BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_ACCEPTABLE = "not_acceptable"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTHENTICATION_FAILED = "authentication_failed"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNPROCESSABLE = "unprocessable"
+    DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    SERVER_ERROR = "server_error"
+    # Rate limiting (resilience.ratelimit).
+    RATE_LIMITED = "rate_limited"
+    RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
+    # Load shedding (resilience.concurrency).
+    OVERLOADED = "overloaded"
+    # Idempotency keys (resilience.idempotency).
+    IDEMPOTENCY_KEY_INVALID = "idempotency_key_invalid"
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
+    IDEMPOTENCY_KEY_MISMATCH = "idempotency_key_mismatch"
+    IDEMPOTENCY_REQUEST_IN_FLIGHT = "idempotency_request_in_flight"
+    # Accounts.
+    EMAIL_TAKEN = "email_taken"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    # Orders.
+    INVALID_ORDER_TRANSITION = "invalid_order_transition"
+    # Webhooks.
+    WEBHOOK_TARGET_FORBIDDEN = "webhook_target_forbidden"
+    WEBHOOK_ENDPOINT_LIMIT = "webhook_endpoint_limit"
+    WEBHOOK_REPLAY_REFUSED = "webhook_replay_refused"
+
+
 class ApplicationError(Exception):
     """Base of every domain error; subclasses set ``status``, ``code`` and ``title``."""
 
     status: int = 400
-    code: str = "bad_request"
+    code: str = ErrorCode.BAD_REQUEST
     title: str = "Bad request"
 
     def __init__(
@@ -37,19 +85,19 @@ class ApplicationError(Exception):
 
 class NotFoundError(ApplicationError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     title = "Not found"
 
 
 class ConflictError(ApplicationError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     title = "Conflict"
 
 
 class UnprocessableError(ApplicationError):
     status = 422
-    code = "unprocessable"
+    code = ErrorCode.UNPROCESSABLE
     title = "Unprocessable request"
 
 
@@ -57,7 +105,7 @@ class DependencyUnavailableError(ApplicationError):
     """A dependency cannot serve now; the client should retry after ``retry_after`` s."""
 
     status = 503
-    code = "dependency_unavailable"
+    code = ErrorCode.DEPENDENCY_UNAVAILABLE
     title = "Service temporarily unavailable"
 
     def __init__(self, dependency: str, *, retry_after: int, detail: str | None = None) -> None:

@@ -20,6 +20,7 @@ from common.errors import (
     PROBLEM_CONTENT_TYPE,
     ApplicationError,
     DependencyUnavailableError,
+    ErrorCode,
     problem_body,
 )
 from common.request_context import current_request_id
@@ -80,14 +81,14 @@ def _whole_seconds(seconds: float) -> int:
 class _BodyTooLarge(drf.APIException):
     status_code = 413
     default_detail = "The request body is too large."
-    default_code = "body_too_large"
+    default_code = ErrorCode.BODY_TOO_LARGE
 
 
 def _drf_problem(exc: drf.APIException) -> tuple[dict[str, Any], dict[str, str]]:
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     if isinstance(exc, drf.ValidationError):
-        code, detail = "invalid", "The request has invalid fields."
+        code, detail = ErrorCode.INVALID, "The request has invalid fields."
         extra["errors"] = (
             exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from common.errors import ErrorCode
 from common.request_context import bind_request_id
 from common.responses import problem_response
 
@@ -50,7 +51,7 @@ class BodySizeLimitMiddleware:
             return problem_response(
                 request,
                 status=400,
-                code="invalid_content_length",
+                code=ErrorCode.INVALID_CONTENT_LENGTH,
                 detail="Content-Length must be a non-negative integer.",
             )
         limit = settings.API_MAX_BODY_BYTES
@@ -58,7 +59,7 @@ class BodySizeLimitMiddleware:
             return problem_response(
                 request,
                 status=413,
-                code="body_too_large",
+                code=ErrorCode.BODY_TOO_LARGE,
                 detail=f"The request body exceeds the limit of {limit} bytes.",
                 extra={"max_bytes": limit},
             )

@@ -1,7 +1,8 @@
-"""Health endpoints and Django's error handlers, all answering JSON."""
+"""Health endpoints, /metrics and Django's error handlers, all answering JSON."""
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import time
 from collections.abc import Callable
@@ -9,9 +10,9 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from common.errors import DependencyUnavailableError
+from common.errors import DependencyUnavailableError, ErrorCode
 from common.responses import application_error_response, problem_response
 
 
@@ -92,15 +93,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=400, code="bad_request")
+    return problem_response(request, status=400, code=ErrorCode.BAD_REQUEST)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=403, code="permission_denied")
+    return problem_response(request, status=403, code=ErrorCode.PERMISSION_DENIED)
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=404, code="not_found", detail="No such resource.")
+    return problem_response(
+        request, status=404, code=ErrorCode.NOT_FOUND, detail="No such resource."
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
@@ -116,4 +119,39 @@ def server_error(request: HttpRequest) -> HttpResponse:
     translated = translate_exception(exc) if isinstance(exc, Exception) else exc
     if isinstance(translated, DependencyUnavailableError):
         return application_error_response(request, translated)
-    return problem_response(request, status=500, code="server_error")
+    return problem_response(request, status=500, code=ErrorCode.SERVER_ERROR)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """``/metrics`` for Prometheus, only to clients in ``METRICS_ALLOWED_NETWORKS``.
+
+    ``None`` (development, tests) serves everyone. Otherwise the client address is the
+    one the rate limiter trusts (``REMOTE_ADDR``, or ``X-Forwarded-For`` only when the
+    peer is one of ``RATELIMIT_TRUSTED_PROXIES``), so a public request relayed by our own
+    gateway is judged by its real origin, not by the gateway's private address. Anyone
+    else gets the same 404 as an unknown path: the endpoint is not advertised.
+    """
+    from common.metrics_export import metrics_view
+
+    allowed = settings.METRICS_ALLOWED_NETWORKS
+    if allowed is not None and not _in_networks(request, allowed):
+        return not_found(request, Http404())
+    return metrics_view(request)
+
+
+def _in_networks(request: HttpRequest, networks: list[str]) -> bool:
+    from resilience.ratelimit.client_ip import resolve_client_ip
+    from resilience.ratelimit.config import get_config
+
+    address = resolve_client_ip(
+        request.META.get("REMOTE_ADDR", ""),
+        request.META.get("HTTP_X_FORWARDED_FOR", ""),
+        get_config().trusted_proxies,
+    )
+    if address is None:
+        return False
+    for network in networks:
+        parsed = ipaddress.ip_network(network, strict=False)
+        if parsed.version == address.version and address in parsed:
+            return True
+    return False

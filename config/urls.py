@@ -1,11 +1,10 @@
-"""URL map: the versioned API, health, metrics, schema and admin."""
+"""URL map: the versioned API, health, metrics (network-restricted in production), schema, admin."""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from common import views as common_views
-from common.metrics_export import metrics_view
 
 api_v1 = [
     path("auth/", include("accounts.urls")),
@@ -19,8 +18,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", common_views.healthz, name="healthz"),
     path("readyz", common_views.readyz, name="readyz"),
-    # django_prometheus's exporter, with shared breaker state read at scrape time.
-    path("metrics", metrics_view, name="prometheus-django-metrics"),
+    # django_prometheus's exporter (with shared breaker state read at scrape time,
+    # common.metrics_export) behind the network check of METRICS_ALLOWED_NETWORKS.
+    path("metrics", common_views.metrics, name="prometheus-django-metrics"),
     path("admin/", admin.site.urls),
 ]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.pagination import PAGE_PARAMETERS, paginated_response
+from common.pagination import BoundedPageNumberPagination, paginated_response
 from orders import selectors, services
 from orders.serializers import (
     OrderCreateInputSerializer,
@@ -22,7 +23,7 @@ from orders.serializers import (
 from resilience.concurrency import priority
 from resilience.idempotency import idempotent
 from resilience.ratelimit.throttles import OrderCreateThrottle, OrderReportThrottle
-from resilience.stale import read_through
+from resilience.stale import DEGRADED_HEADER, read_through
 
 ORDER_CREATE_SCOPE = "orders.create"
 
@@ -36,14 +37,70 @@ def order_created_response(order) -> Response:
     )
 
 
+ORDER_EXAMPLE = {
+    "id": "3f0c7a52-1f7e-4d8e-9a4c-2b1d5e6f7a80",
+    "status": "paid",
+    "currency": "EUR",
+    "total_amount": 2500,
+    "items": [{"sku": "BOOK-1", "quantity": 2, "unit_price": 1250, "line_total": 2500}],
+    "created_at": "2026-12-01T09:30:00Z",
+    "updated_at": "2026-12-01T09:30:01Z",
+}
+
+
+# A read served from the last copy while Postgres is down (resilience.stale).
+STALE_HEADERS = [
+    OpenApiParameter(
+        DEGRADED_HEADER,
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200],
+        enum=["stale"],
+        description="`stale`: Postgres is unavailable and this is the last copy served.",
+    ),
+    OpenApiParameter(
+        "Age",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description="Seconds since the stale copy was computed.",
+    ),
+]
+
+
 @priority("normal", POST="critical")
 class OrderListCreateApi(APIView):
     throttle_classes = [OrderCreateThrottle]  # POST only
+    pagination_class = BoundedPageNumberPagination  # GET: documents the envelope
 
     @extend_schema(
         request=OrderCreateInputSerializer,
         responses={201: OrderOutputSerializer},
         operation_id="orders_create",
+        description=(
+            "Place an order. Send an `Idempotency-Key` (a UUIDv4 per order) and reuse it "
+            "on every retry of the same order: the order is placed once."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "Location",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[201],
+                description="The new order: `/api/v1/orders/{id}`.",
+            )
+        ],
+        examples=[
+            OpenApiExample(
+                "Two books",
+                value={
+                    "currency": "EUR",
+                    "items": [{"sku": "BOOK-1", "quantity": 2, "unit_price": 1250}],
+                },
+                request_only=True,
+            ),
+            OpenApiExample("Placed", value=ORDER_EXAMPLE, response_only=True, status_codes=[201]),
+        ],
     )
     @idempotent(scope=ORDER_CREATE_SCOPE)
     def post(self, request: Request) -> Response:
@@ -58,8 +115,8 @@ class OrderListCreateApi(APIView):
 
     @extend_schema(
         responses={200: OrderOutputSerializer(many=True)},
-        parameters=PAGE_PARAMETERS,
         operation_id="orders_list",
+        description="Your orders, newest first, one page at a time.",
     )
     def get(self, request: Request) -> Response:
         orders = selectors.order_list(owner=request.user)
@@ -68,7 +125,15 @@ class OrderListCreateApi(APIView):
 
 @priority("critical")
 class OrderDetailApi(APIView):
-    @extend_schema(responses={200: OrderOutputSerializer})
+    @extend_schema(
+        responses={200: OrderOutputSerializer},
+        operation_id="orders_retrieve",
+        description=(
+            "One of your orders. While Postgres is down the last copy served may be "
+            "answered, marked stale (`X-Degraded: stale` and `Age` headers)."
+        ),
+        parameters=STALE_HEADERS,
+    )
     def get(self, request: Request, order_id: UUID) -> Response:
         # While Postgres is down, the last copy served is answered, marked stale.
         read = read_through(
@@ -89,7 +154,12 @@ class OrderReportApi(APIView):
     throttle_classes = [OrderReportThrottle]
 
     @extend_schema(
-        parameters=[OrderReportInputSerializer], responses={200: OrderReportOutputSerializer}
+        parameters=[OrderReportInputSerializer, *STALE_HEADERS],
+        responses={200: OrderReportOutputSerializer},
+        description=(
+            "Totals per day, status and currency. Reused for a minute; served stale while "
+            "Postgres is down; refused (503) while its rate limiter cannot be checked."
+        ),
     )
     def get(self, request: Request) -> Response:
         params = OrderReportInputSerializer(data=request.query_params)

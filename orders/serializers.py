@@ -1,17 +1,23 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from common.serializers import (
+    QuerySerializer,
+    StrictChoiceField,
+    StrictIntegerField,
+    StrictRegexField,
+)
 from orders.models import Order, OrderItem
 
 
 class OrderItemInputSerializer(serializers.Serializer):
-    sku = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", max_length=64)
-    quantity = serializers.IntegerField(min_value=1, max_value=settings.ORDERS_MAX_QUANTITY)
-    unit_price = serializers.IntegerField(min_value=0, max_value=settings.ORDERS_MAX_UNIT_PRICE)
+    sku = StrictRegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", max_length=64)
+    quantity = StrictIntegerField(min_value=1, max_value=settings.ORDERS_MAX_QUANTITY)
+    unit_price = StrictIntegerField(min_value=0, max_value=settings.ORDERS_MAX_UNIT_PRICE)
 
 
 class OrderCreateInputSerializer(serializers.Serializer):
-    currency = serializers.ChoiceField(choices=settings.ORDERS_CURRENCIES)
+    currency = StrictChoiceField(choices=settings.ORDERS_CURRENCIES)
     items = OrderItemInputSerializer(
         many=True, allow_empty=False, max_length=settings.ORDERS_MAX_ITEMS
     )
@@ -33,7 +39,7 @@ class OrderOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "status", "currency", "total_amount", "items", "created_at", "updated_at"]
 
 
-class OrderReportInputSerializer(serializers.Serializer):
+class OrderReportInputSerializer(QuerySerializer):
     days = serializers.IntegerField(
         min_value=1, max_value=settings.ORDERS_REPORT_MAX_DAYS, default=30
     )

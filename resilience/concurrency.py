@@ -349,6 +349,7 @@ def _export(state: ConcurrencyLimiter) -> None:
 
 def shed(request: HttpRequest, refusal: Refusal) -> HttpResponse:
     """The documented answer to a shed request: 503 ``overloaded``, jittered Retry-After."""
+    from common.errors import ErrorCode
     from common.responses import problem_response
 
     cfg = config()
@@ -358,7 +359,7 @@ def shed(request: HttpRequest, refusal: Refusal) -> HttpResponse:
     return problem_response(
         request,
         status=503,
-        code="overloaded",
+        code=ErrorCode.OVERLOADED,
         title="Service overloaded",
         detail="The service is at capacity; retry after the delay in Retry-After.",
         headers={"Retry-After": str(retry_after)},

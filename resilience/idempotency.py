@@ -61,7 +61,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.utils.encoders import JSONEncoder
 
-from common.errors import ApplicationError, ConflictError, UnprocessableError
+from common.errors import ApplicationError, ConflictError, ErrorCode, UnprocessableError
 from resilience.db_routing import current_alias
 from resilience.models import IdempotencyRecord
 
@@ -77,6 +77,13 @@ MAX_POINT_LENGTH = 64
 # strips leading and trailing whitespace from header values and would make "a" and
 # "a " the same key on the wire but not in the table.
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# What parse_key accepts, as one regular expression for the OpenAPI schema: a bare token
+# of 1 to 255 visible ASCII characters that is not itself a quoted string, or an RFC 8941
+# string (quotes around 1 to 255 visible characters without quote or backslash).
+KEY_PATTERN = (
+    r'^(?:[\x21-\x7E]|[\x21\x23-\x7E][\x21-\x7E]{1,254}|"[\x21-\x7E]{0,253}[\x21\x23-\x7E]'
+    r'|"[\x21\x23-\x5B\x5D-\x7E]{1,255}")$'
+)
 # Claim attempts when the record vanishes or changes between our statements.
 _ACQUIRE_ATTEMPTS = 3
 
@@ -131,22 +138,22 @@ def _lock_timeout() -> timedelta:
 
 # --- Errors (rendered as problem+json by common.exception_handler) --------------------------
 class IdempotencyKeyInvalidError(ApplicationError):
-    code = "idempotency_key_invalid"
+    code = ErrorCode.IDEMPOTENCY_KEY_INVALID
     title = "Invalid Idempotency-Key"
 
 
 class IdempotencyKeyRequiredError(ApplicationError):
-    code = "idempotency_key_required"
+    code = ErrorCode.IDEMPOTENCY_KEY_REQUIRED
     title = "Idempotency-Key required"
 
 
 class IdempotencyKeyMismatchError(UnprocessableError):
-    code = "idempotency_key_mismatch"
+    code = ErrorCode.IDEMPOTENCY_KEY_MISMATCH
     title = "Idempotency-Key reused for a different request"
 
 
 class IdempotencyRequestInFlightError(ConflictError):
-    code = "idempotency_request_in_flight"
+    code = ErrorCode.IDEMPOTENCY_REQUEST_IN_FLIGHT
     title = "A request with this Idempotency-Key is in progress"
 
     def __init__(self, *, retry_after: int) -> None:
@@ -502,6 +509,7 @@ def key_parameter(*, required: bool = False) -> OpenApiParameter:
         type=OpenApiTypes.STR,
         location=OpenApiParameter.HEADER,
         required=required,
+        pattern=KEY_PATTERN,
         description=(
             "Makes the request safe to retry. 1 to 255 visible ASCII characters (a UUIDv4 "
             "is recommended), scoped to the authenticated user. A retry with the same key "

@@ -5,13 +5,15 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.pagination import PAGE_PARAMETERS, paginated_response
+from common.errors import ErrorCode
+from common.pagination import BoundedPageNumberPagination, paginated_response
+from common.schema import problems
 from resilience.concurrency import priority
 from resilience.ratelimit.business import business_ratelimit
 from webhooks import selectors, services
@@ -25,11 +27,26 @@ from webhooks.serializers import (
 
 
 class EndpointListCreateApi(APIView):
+    pagination_class = BoundedPageNumberPagination  # GET: documents the envelope
+
+    @problems({422: [ErrorCode.WEBHOOK_TARGET_FORBIDDEN, ErrorCode.WEBHOOK_ENDPOINT_LIMIT]})
     @extend_schema(
         request=EndpointCreateInputSerializer,
         responses={201: EndpointCreatedOutputSerializer},
         operation_id="webhook_endpoints_create",
-        description="Register an endpoint. The signing secret is in this answer only.",
+        description=(
+            "Register an endpoint. The signing secret is in this answer only. A URL that is "
+            "not http(s) or resolves to a private or loopback address: 422 "
+            "`webhook_target_forbidden` (SSRF guard); more than "
+            f"{settings.WEBHOOKS_MAX_ENDPOINTS_PER_USER} endpoints: 422 `webhook_endpoint_limit`."
+        ),
+        examples=[
+            OpenApiExample(
+                "Order events",
+                value={"url": "https://hooks.example.com/orders", "event_types": ["order.paid"]},
+                request_only=True,
+            )
+        ],
     )
     def post(self, request: Request) -> Response:
         data = EndpointCreateInputSerializer(data=request.data)
@@ -41,7 +58,6 @@ class EndpointListCreateApi(APIView):
 
     @extend_schema(
         responses={200: EndpointOutputSerializer(many=True)},
-        parameters=PAGE_PARAMETERS,
         operation_id="webhook_endpoints_list",
     )
     def get(self, request: Request) -> Response:
@@ -62,6 +78,7 @@ class EndpointDetailApi(APIView):
 
 
 class EndpointPingApi(APIView):
+    @problems({422: [ErrorCode.UNPROCESSABLE]})
     @extend_schema(
         request=None,
         responses={202: DeliveryOutputSerializer},
@@ -78,8 +95,10 @@ class EndpointPingApi(APIView):
 
 @priority("best_effort")
 class DeliveryListApi(APIView):
+    pagination_class = BoundedPageNumberPagination
+
     @extend_schema(
-        parameters=[DeliveryListInputSerializer, *PAGE_PARAMETERS],
+        parameters=[DeliveryListInputSerializer],
         responses={200: DeliveryOutputSerializer(many=True)},
         operation_id="webhook_deliveries_list",
     )

@@ -1,14 +1,30 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from common.serializers import QuerySerializer, StrictChoiceField, StrictRegexField
 from webhooks.models import Delivery, DeliveryStatus, Endpoint
+
+# The URLs the API accepts, stated in the OpenAPI schema as this same pattern: a scheme,
+# a host (a name or IPv4 address of letters, digits, dots and hyphens, or a bracketed
+# IPv6 address; no userinfo, so no "@" parser confusion), an optional port, then visible
+# ASCII. Whether the scheme and host may be called is the SSRF guard's verdict (422
+# `webhook_target_forbidden` with a `reason`), not a matter of syntax.
+WEBHOOK_URL_PATTERN = (
+    r"^[A-Za-z][A-Za-z0-9+.-]*://"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::[0-9]{1,5})?(?:[/?#][\x21-\x7E]*)?$"
+)
 
 
 class EndpointCreateInputSerializer(serializers.Serializer):
     # Scheme and address are checked by the service (422 with a reason): SSRF guard.
-    url = serializers.URLField(max_length=2048)
+    url = StrictRegexField(
+        WEBHOOK_URL_PATTERN,
+        max_length=2048,
+        error_messages={"invalid": "Enter a URL with a host name or IP address."},
+    )
     event_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=settings.WEBHOOKS_EVENT_TYPES),
+        child=StrictChoiceField(choices=settings.WEBHOOKS_EVENT_TYPES),
         allow_empty=False,
         max_length=len(settings.WEBHOOKS_EVENT_TYPES),
     )
@@ -27,7 +43,7 @@ class EndpointCreatedOutputSerializer(EndpointOutputSerializer):
         fields = [*EndpointOutputSerializer.Meta.fields, "secret"]
 
 
-class DeliveryListInputSerializer(serializers.Serializer):
+class DeliveryListInputSerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
     endpoint = serializers.UUIDField(required=False)
 

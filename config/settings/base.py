@@ -339,15 +339,18 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "common.pagination.BoundedPageNumberPagination",
     "PAGE_SIZE": API_PAGE_SIZE,
     "EXCEPTION_HANDLER": "common.exception_handler.problem_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Documents every error answer and response header of each operation (common.schema).
+    "DEFAULT_SCHEMA_CLASS": "common.schema.ProblemAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Resilient backend API",
     "DESCRIPTION": (
-        "Accounts, orders and webhooks. Errors are RFC 9457 problem+json documents with a "
-        "stable `code`. 429 and 503 carry `Retry-After`."
+        "Accounts, orders and webhooks. Errors are RFC 9457 problem+json documents "
+        "(component `Problem`) with a stable `code`; each operation lists the statuses "
+        "and codes it can answer. 429 and 503 carry `Retry-After`; every answer carries "
+        "`RateLimit` and `RateLimit-Policy`. Strings never contain NUL characters."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -355,10 +358,17 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "common.schema.link_hook",
+    ],
 }
 
 # --- Metrics ----------------------------------------------------------------------------
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# Who may read GET /metrics on the web port: CIDRs, or unset for everyone (development;
+# production sets loopback by default, config/settings/production.py, docs/metrics.md).
+METRICS_ALLOWED_NETWORKS = env("METRICS_ALLOWED_NETWORKS", default=None, cast=list)
 
 # --- Logging: one JSON object per line, tagged with the request id -------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

@@ -23,3 +23,10 @@ SECURE_HSTS_PRELOAD = True
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# /metrics is not public: only the scraper's networks read it (loopback unless set, e.g.
+# METRICS_ALLOWED_NETWORKS=10.0.0.0/8). Judged on the client address the rate limiter
+# trusts, so a request relayed by our gateway counts as the public client it came from.
+METRICS_ALLOWED_NETWORKS = env(
+    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"], cast=list
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from common.errors import ApplicationError
+from common.errors import ApplicationError, ErrorCode
 
 QUOTA_EXCEEDED_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 REDUCED_CAPACITY_TYPE = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
@@ -19,7 +19,7 @@ class RateLimitedError(ApplicationError):
     """429: the client used up a quota; ``Retry-After`` says when it has room again."""
 
     status = 429
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
     title = "Request cannot be satisfied as assigned quota has been exceeded"
 
     def __init__(
@@ -52,7 +52,7 @@ class RateLimiterUnavailableError(ApplicationError):
     """503: a fail-closed policy cannot be checked because its store is unavailable."""
 
     status = 503
-    code = "rate_limiter_unavailable"
+    code = ErrorCode.RATE_LIMITER_UNAVAILABLE
     title = "Request cannot be satisfied due to temporary server capacity constraints"
 
     def __init__(self, *, policies: Sequence[str], retry_after: int) -> None:
