@@ -62,6 +62,8 @@ def production_setting(**env: str):
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "DJANGO_SECRET_KEY": "x" * 60,
         "DJANGO_ALLOWED_HOSTS": "api.example.com",
+        # Required in production; never connected to here (settings only).
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/unused",
         **env,
     }
     environment.pop("METRICS_ALLOWED_NETWORKS", None)
