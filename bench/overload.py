@@ -264,7 +264,7 @@ def server(mode: str, payments_url: str, workdir: Path, *, name: str | None = No
         RATELIMIT_TRUSTED_PROXIES="127.0.0.1/32",  # the bench is the gateway
         RATELIMIT_KEY_PREFIX=f"bench-overload-{uuid.uuid4().hex}",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        CONCURRENCY_LIMIT_ENABLED="false" if mode == "off" else "true",
+        CONCURRENCY_LIMIT_ENABLED="false" if mode == "off" else "true",  # shipped off
         CONCURRENCY_LIMIT_MODE="static" if mode == "static" else "adaptive",
     )
     return port, running(GUNICORN_COMMAND, env=env, log_path=workdir / f"web-{name}.log")
@@ -358,14 +358,16 @@ def overhead() -> list[str]:
     def bare() -> None:
         factory.get("/api/v1/orders")
 
-    concurrency.reset()
-    limiter_us = _cpu_us(through_limiter) - _cpu_us(bare)
+    from django.conf import settings as live
+
+    on = {**live.RESILIENCE_CONCURRENCY, "enabled": True}  # shipped off until tuned
+    with override_settings(RESILIENCE_CONCURRENCY=on):
+        concurrency.reset()
+        limiter_us = _cpu_us(through_limiter) - _cpu_us(bare)
     flood = RateLimitMiddleware(lambda _request: ok)
     with override_settings(RATELIMIT_KEY_PREFIX=f"bench-ovl-{uuid.uuid4().hex}"):
         ratelimit_us = _cpu_us(lambda: flood(factory.get("/api/v1/orders")), n=1000) - _cpu_us(bare)
-    from django.conf import settings as live
-
-    shed_settings = {**live.RESILIENCE_CONCURRENCY, "mode": "static", "static_limit": 1}
+    shed_settings = {**on, "mode": "static", "static_limit": 1}
     with override_settings(RESILIENCE_CONCURRENCY=shed_settings):
         concurrency.reset()
         concurrency.limiter().try_acquire("critical")  # the one slot, held here
