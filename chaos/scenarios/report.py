@@ -210,6 +210,19 @@ def _class_table(ctx: RunContext, baseline: RunContext | None) -> list[str]:
     return lines
 
 
+def _client_load_table(load: dict[str, Any]) -> list[str]:
+    """The storm's naive clients beside the good client: requests per logical operation."""
+    from chaos.scenarios.good_client import ClientLoad, comparison_lines
+
+    def as_load(raw: dict[str, Any]) -> ClientLoad:
+        return ClientLoad(
+            raw["name"], raw["operations"], raw["requests"], raw["succeeded"], raw["statuses"]
+        )
+
+    title = "## Load each client puts on the server during the fault"
+    return ["", title, "", *comparison_lines(as_load(load["naive"]), as_load(load["good"]))]
+
+
 def _slow_line(s: dict[str, Any]) -> str:
     slow = s["slow_after_open"]
     if slow["count"] is None:
@@ -291,6 +304,8 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
         lines += _class_table(ctx, baseline)
         if baseline is not None and baseline.summary:
             lines += _beside(ctx, baseline)
+        if s.get("client_load"):
+            lines += _client_load_table(s["client_load"])
         lines += ["", "## Figures", "", "| figure | value |", "|---|---|"]
         lines += [f"| {label} | {value} |" for label, value in _figures(s)]
         lines += ["", "![timeline](timeline.png)"]

@@ -64,6 +64,7 @@ class RunContext:
     unsettled: list[str] | None = None
     checks: list[Check] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    good_client: dict[str, Any] | None = None  # retry-storm: the well-behaved client's load
 
     @property
     def samples(self) -> list[Sample]:
@@ -277,6 +278,7 @@ def _drive(
         try:
             if scenario.storm:
                 traffic.storm(**scenario.storm)
+                ctx.good_client = _good_client_beside_storm(ctx, duration)
             _sleep_until(traffic, ctx.t_inject + duration)
             calls_at_heal = _simulator_calls(endpoints, scenario.calls_to)
         finally:
@@ -291,6 +293,36 @@ def _drive(
         traffic.stop()
         ctx.observer.stop()
     return calls_before
+
+
+def _good_client_beside_storm(ctx: RunContext, duration: float) -> dict[str, Any]:
+    """As many logical orders as the storm has clients, placed with resilient_client."""
+    from chaos.scenarios.good_client import good_client_burst
+    from chaos.scenarios.traffic import make_users
+
+    # Users of its own: the pool's order counts check the naive traffic's orders only.
+    own = make_users(ctx.endpoints.base_url, 5)
+    left = max(1.0, ctx.t_inject + duration - ctx.traffic.now())
+    load = good_client_burst(
+        ctx.endpoints.base_url,
+        [user.token for user in own],
+        operations=ctx.scenario.storm["clients"],
+        deadline_s=left,  # within the fault: its requests are the fault's load
+        seed=int(ctx.config.get("seed") or 0),
+    )
+    return load.as_dict()
+
+
+def client_load(ctx: RunContext) -> dict[str, Any] | None:
+    """Requests per logical operation during the fault: the storm's naive clients beside
+    the good client (None when the scenario has no storm)."""
+    if ctx.good_client is None:
+        return None
+    from chaos.scenarios.good_client import naive_load
+
+    storm = [s for s in ctx.during_fault() if s.op == "storm" and s.status != NOT_SENT]
+    naive = naive_load((s.key, s.attempt, s.status) for s in storm)
+    return {"naive": naive.as_dict(), "good": ctx.good_client}
 
 
 def _sleep_until(traffic: Traffic, t: float) -> None:
@@ -509,6 +541,7 @@ def summarise(ctx: RunContext) -> dict[str, Any]:
         "classes": class_figures(ctx),
         "breaker_first_open_s": first_open,
         "slow_after_open": slow_after_open(ctx, first_open),
+        "client_load": client_load(ctx),
         "requests": len(sent),
         "not_sent": len(samples) - len(sent),
         "by_status": dict(sorted(Counter(str(s.status) for s in samples).items())),

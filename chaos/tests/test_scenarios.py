@@ -96,6 +96,23 @@ def _run(name: str, endpoints, capsys, django_db_blocker) -> None:
                 f"recovered {s['time_to_recover_s']} s, by status {s['fault_by_status']}"
             )
     assert ctx.passed, f"{name} failed:\n{report}"
+    if name == "retry-storm":
+        _good_client_beside_the_storm(ctx.summary, capsys)
+
+
+def _good_client_beside_the_storm(summary, capsys) -> None:
+    """The report compares the load each kind of client put on the server (issue 15)."""
+    load = summary["client_load"]
+    naive, good = load["naive"], load["good"]
+    with capsys.disabled():
+        print(
+            f"retry-storm, requests per logical operation during the fault: naive"
+            f" {naive['requests_per_operation']} ({naive['requests']} for"
+            f" {naive['operations']}), good client {good['requests_per_operation']}"
+            f" ({good['requests']} for {good['operations']})"
+        )
+    assert good["operations"] == naive["operations"] > 0
+    assert good["requests_per_operation"] < naive["requests_per_operation"]
 
 
 # Listed by hand, not read from the catalogue: a scenario added there without a CI run
