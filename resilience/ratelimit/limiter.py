@@ -42,6 +42,22 @@ MODE_DISABLED = "disabled"
 DECISIONS_ATTRIBUTE = "ratelimit_decisions"
 
 
+def _buckets(
+    keys: Sequence[str], policies: Sequence[Policy], cost: int, *, live: bool
+) -> list[Bucket]:
+    """One bucket per policy; ``live=False`` (dry-run candidates) never enforces."""
+    return [
+        Bucket(
+            key=key,
+            capacity=policy.capacity,
+            interval_s=policy.interval_s,
+            cost=cost,
+            enforce=live and not policy.dry_run,
+        )
+        for key, policy in zip(keys, policies, strict=True)
+    ]
+
+
 @dataclass(frozen=True)
 class PolicyResult:
     """One policy's bucket answer within a decision."""
@@ -159,16 +175,7 @@ class Limiter:
             self._check_candidates(config, candidates, cost)
         keys = [self.key(config, policy, identity) for policy, identity in checks]
         policies = [policy for policy, _ in checks]
-        buckets = [
-            Bucket(
-                key=key,
-                capacity=policy.capacity,
-                interval_s=policy.interval_s,
-                cost=cost,
-                enforce=not policy.dry_run,
-            )
-            for key, policy in zip(keys, policies, strict=True)
-        ]
+        buckets = _buckets(keys, policies, cost, live=True)
         try:
             allowed, states = self.redis_store(config).consume(buckets)
             mode = MODE_REDIS
@@ -213,16 +220,7 @@ class Limiter:
         unavailable (an experiment does not need the per-process fallback).
         """
         keys = [self.key(config, policy, identity) for policy, identity in checks]
-        buckets = [
-            Bucket(
-                key=key,
-                capacity=policy.capacity,
-                interval_s=policy.interval_s,
-                cost=cost,
-                enforce=False,
-            )
-            for key, (policy, _) in zip(keys, checks, strict=True)
-        ]
+        buckets = _buckets(keys, [policy for policy, _ in checks], cost, live=False)
         try:
             _, states = self.redis_store(config).consume(buckets)
         except StoreUnavailableError:
