@@ -23,7 +23,7 @@ import functools
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -123,18 +123,17 @@ class FleetBulkhead(Bulkhead):
         self.key = f"resilience:bulkhead:{{{name}}}"
         self.lease_s = policy.lease_s or _default_lease_s(name)
 
-    def _shared(self, method: str, *args: object, **kwargs: object) -> object:
-        """Run one Redis call through the ``redis`` breaker; raise when Redis is out."""
+    def _shared(self, command: Callable[[redis.Redis], object]) -> object:
+        """Run ``command(client)`` through the ``redis`` breaker; raise when Redis is out."""
         client = _shared_state_redis()
-        target = _take_lease_script(client) if method == "take" else getattr(client, method)
-        return breaker("redis").call(target, *args, **kwargs)
+        return breaker("redis").call(command, client)
 
     def _acquire(self) -> object | None:
         token = uuid.uuid4().hex
-        lease_ms = round(self.lease_s * 1000)
+        lease = [self.policy.max_concurrent, round(self.lease_s * 1000), token]
         try:
             taken = self._shared(
-                "take", keys=[self.key], args=[self.policy.max_concurrent, lease_ms, token]
+                lambda client: _take_lease_script(client)(keys=[self.key], args=lease)
             )
         except (redis.RedisError, BreakerOpenError):
             # Redis is out: bound this process alone rather than refuse all work.
@@ -149,11 +148,11 @@ class FleetBulkhead(Bulkhead):
             return
         # If Redis is out now, the lease expires by itself after lease_s.
         with contextlib.suppress(redis.RedisError, BreakerOpenError):
-            self._shared("zrem", self.key, holder)
+            self._shared(lambda client: client.zrem(self.key, holder))
 
     def in_use(self) -> int:
         """Leases held right now across the fleet (operators, tests)."""
-        return int(self._shared("zcount", self.key, "-inf", "+inf"))
+        return int(self._shared(lambda client: client.zcard(self.key)))
 
 
 def _default_lease_s(dependency: str) -> float:
