@@ -95,8 +95,9 @@ class Phase:
         return self.answers[cls]["ok"] / self.duration_s
 
     def p(self, cls: str, q: float) -> float:
-        values = sorted(self.latencies[cls])
-        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
+        from bench.support import quantile
+
+        return quantile(self.latencies[cls], q, empty=0.0) * 1000
 
 
 def make_clients(count: int) -> list[Client]:

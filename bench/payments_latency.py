@@ -67,12 +67,8 @@ def measure(base_url: str, *, threads: int, duration_s: float) -> list[float]:
     return sorted(samples)
 
 
-def quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
-    from bench.support import setup_django
+    from bench.support import quantile, setup_django
 
     setup_django()
     from django.conf import settings

@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.support import quantile
+
 PAYMENTS_LATENCY_MS = 800
 READ_RPS = 20
 QUIET_S = 5.0
@@ -50,11 +52,6 @@ class Run:
     orders: list[tuple[str, float]] = field(default_factory=list)  # (status, latency)
     drained_s: float | None = None
     still_pending: int = 0
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def _read_loop(base_url, user, stop: threading.Event, out: list[float], run: Run) -> None:

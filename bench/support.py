@@ -51,9 +51,15 @@ class Timing:
         )
 
 
+def quantile(values: list[float], q: float, *, empty: float = float("nan")) -> float:
+    """The value at fraction ``q`` (0..1) of ``values`` (nearest rank); ``empty`` if none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else empty
+
+
 def timing(samples_s: list[float]) -> Timing:
     ordered = sorted(samples_s)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    p99 = quantile(ordered, 0.99)
     return Timing(
         count=len(ordered),
         p50_ms=statistics.median(ordered) * 1000,
