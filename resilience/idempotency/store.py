@@ -1,0 +1,396 @@
+"""Storage: claiming a record, the context its lock holder writes through, stored answers.
+
+Every write of a lock holder is fenced by its lock token, so an attempt whose lock was
+taken over can no longer write (adr/0005). The claim is one ``INSERT ... ON CONFLICT DO
+NOTHING RETURNING id``: on the hot path (a new key) it is the only statement of its own
+that idempotency costs; the record's later writes ride in the phase transactions
+(:meth:`IdempotencyContext.advance`, :meth:`IdempotencyContext.finish`, adr/0014).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connections, transaction
+from django.db.models import F, Q
+from django.http import HttpResponse, HttpResponseBase
+from django.utils import timezone
+from prometheus_client import Counter
+from rest_framework.renderers import JSONRenderer
+
+from resilience.db_routing import current_alias
+from resilience.idempotency.errors import (
+    IdempotencyKeyMismatchError,
+    IdempotencyLockLostError,
+    IdempotencyRequestInFlightError,
+)
+from resilience.idempotency.keys import REPLAYED_HEADER
+from resilience.models import IdempotencyRecord
+
+# One logger for the whole package: the log lines are named after the pattern, not a file.
+logger = logging.getLogger("resilience.idempotency")
+
+STARTED = IdempotencyRecord.STARTED
+FINISHED = IdempotencyRecord.FINISHED
+MAX_POINT_LENGTH = 64
+# Claim attempts when the record vanishes or changes between our statements.
+_ACQUIRE_ATTEMPTS = 3
+
+REQUESTS = Counter(
+    "resilience_idempotency_requests_total",
+    "Requests to idempotent endpoints by the decision taken on their Idempotency-Key.",
+    ["scope", "outcome"],
+)
+RESULTS = Counter(
+    "resilience_idempotency_results_total",
+    "What happened to a claimed record when the view ended: stored, released (5xx or "
+    "crash, resumable), discarded (4xx before execution began) or lock_lost.",
+    ["scope", "result"],
+)
+
+
+# --- Clock (injectable, so tests of lock expiry never sleep) ---------------------------------
+_clock: Callable[[], datetime] = timezone.now
+
+
+def now() -> datetime:
+    """The current time as the idempotency machinery sees it."""
+    return _clock()
+
+
+@contextmanager
+def override_clock(clock: Callable[[], datetime]) -> Iterator[None]:
+    """Use ``clock`` instead of the wall clock inside the block (tests only)."""
+    global _clock  # noqa: PLW0603 - one process-wide clock, so request threads see it too
+    previous, _clock = _clock, clock
+    try:
+        yield
+    finally:
+        _clock = previous
+
+
+def lock_timeout() -> timedelta:
+    return timedelta(seconds=settings.IDEMPOTENCY_LOCK_TIMEOUT_S)
+
+
+# --- Stored responses -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response as stored on a record: status, exact body text and replayable headers."""
+
+    status: int
+    body: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(
+        cls, status: int, data: Any, *, headers: Mapping[str, str] | None = None
+    ) -> StoredResponse:
+        """Render ``data`` exactly as the API's ``JSONRenderer`` would (for completers)."""
+        body = JSONRenderer().render(data).decode()
+        return cls(status, body, {"Content-Type": "application/json", **(headers or {})})
+
+    @classmethod
+    def of(cls, response: HttpResponseBase) -> StoredResponse:
+        """What is stored of a rendered response: per-request headers are left out."""
+        allowed = {name.lower() for name in settings.IDEMPOTENCY_REPLAY_HEADERS}
+        allowed.add("content-type")
+        headers = {name: value for name, value in response.items() if name.lower() in allowed}
+        return cls(response.status_code, response.content.decode(), headers)
+
+    def to_http(self) -> HttpResponse:
+        headers = dict(self.headers)
+        response = HttpResponse(
+            self.body.encode(),
+            status=self.status,
+            content_type=headers.pop("Content-Type", "application/json"),
+        )
+        for name, value in headers.items():
+            response[name] = value
+        return response
+
+
+def replay(record: IdempotencyRecord) -> HttpResponse:
+    response = StoredResponse(
+        record.response_status, record.response_body or "", record.response_headers or {}
+    ).to_http()
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+# --- Context handed to the view -----------------------------------------------------------------
+class IdempotencyContext:
+    """The claimed record, as the view (or a completer) sees it while holding its lock.
+
+    ``recovery_point`` is ``"started"`` for a fresh key, or the last point a previous
+    attempt reached; a phased handler skips the phases already done and continues with
+    ``resource_id`` (e.g. the order created in phase 1). :mod:`resilience.phases` does this
+    from a declaration; a handler written by hand calls :meth:`advance` itself.
+    """
+
+    def __init__(self, record: IdempotencyRecord, *, lock_token: uuid.UUID, outcome: str) -> None:
+        self.record_id: int = record.pk
+        self.key: str = record.key
+        self.scope: str = record.scope
+        self.principal_id: Any = record.principal_id
+        self.recovery_point: str = record.recovery_point
+        self.resource_id: str | None = record.resource_id or None
+        self.outcome = outcome  # "first", "resumed" or "completer"
+        self._lock_token = lock_token
+        # Set by the decorator: turns the view's answer into the bytes sent, so that what
+        # finish() stores is exactly what the client receives.
+        self.render: Callable[[Any], HttpResponseBase] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<IdempotencyContext {self.scope} key={self.key!r} point={self.recovery_point!r}"
+            f" outcome={self.outcome}>"
+        )
+
+    @property
+    def began_executing(self) -> bool:
+        """Whether the handler reached a recovery point (in this or an earlier attempt)."""
+        return self.recovery_point != STARTED
+
+    @property
+    def finished(self) -> bool:
+        return self.recovery_point == FINISHED
+
+    def advance(self, point: str, *, resource_id: Any = None) -> None:
+        """Record that the handler reached ``point``, in the caller's current transaction.
+
+        Call it inside the ``transaction.atomic(using=current_alias())`` block of the phase
+        whose work it records: both commit or roll back together. It also renews the lock.
+        Raises :class:`IdempotencyLockLostError` (rolling back the phase) when another
+        attempt took the lock over.
+        """
+        if not point or len(point) > MAX_POINT_LENGTH or point in (STARTED, FINISHED):
+            raise ValueError(
+                f"recovery point must be 1 to {MAX_POINT_LENGTH} characters and not "
+                f"{STARTED!r} or {FINISHED!r} (the decorator sets those)"
+            )
+        at = now()
+        changes: dict[str, Any] = {"recovery_point": point, "last_run_at": at, "locked_at": at}
+        if resource_id is not None:
+            changes["resource_id"] = str(resource_id)
+        self._fenced_write(changes)
+        self.recovery_point = point
+        if resource_id is not None:
+            self.resource_id = str(resource_id)
+        log("idempotency recovery point", self, point=point)
+
+    def finish(self, response: Any) -> Any:
+        """Store ``response`` as the final answer, in the caller's current transaction.
+
+        The last phase's work, the answer and the end of the lock commit together: one
+        statement inside that phase's transaction instead of a recovery point there and a
+        store after it. ``response`` is a :class:`StoredResponse` (completers) or the
+        view's response, rendered here the way the decorator renders it. Returns the
+        rendered response. Raises :class:`IdempotencyLockLostError` like :meth:`advance`.
+        """
+        if isinstance(response, StoredResponse):
+            stored, rendered = response, response
+        else:
+            rendered = self.render(response) if self.render is not None else response
+            stored = StoredResponse.of(rendered)
+        self._fenced_write(self._finished_changes(stored))
+        self.recovery_point = FINISHED
+        return rendered
+
+    # Writes of the lock holder, all fenced by the lock token ------------------------------
+    def _holder(self) -> Any:
+        return IdempotencyRecord.objects.using(current_alias()).filter(
+            pk=self.record_id, lock_token=self._lock_token
+        )
+
+    def _fenced_write(self, changes: dict[str, Any]) -> None:
+        # savepoint=False: inside the phase's transaction this is one more statement of it;
+        # outside any transaction it is its own.
+        with transaction.atomic(using=current_alias(), savepoint=False):
+            updated = self._holder().exclude(recovery_point=FINISHED).update(**changes)
+            if updated != 1:
+                raise IdempotencyLockLostError(f"lost the lock on record {self.record_id}")
+
+    @staticmethod
+    def _finished_changes(response: StoredResponse) -> dict[str, Any]:
+        at = now()
+        return {
+            "response_status": response.status,
+            "response_body": response.body,
+            "response_headers": dict(response.headers),
+            "recovery_point": FINISHED,
+            "finished_at": at,
+            "last_run_at": at,
+            "locked_at": None,
+            "lock_token": None,
+        }
+
+    def _store(self, response: StoredResponse) -> bool:
+        updated = (
+            self._holder()
+            .exclude(recovery_point=FINISHED)
+            .update(**self._finished_changes(response))
+        )
+        if updated == 1:
+            self.recovery_point = FINISHED
+        return updated == 1
+
+    def _release(self) -> bool:
+        return self._holder().update(locked_at=None, lock_token=None) == 1
+
+    def _discard(self) -> bool:
+        deleted, _ = self._holder().filter(recovery_point=STARTED).delete()
+        return deleted == 1
+
+
+def log(event: str, ctx: IdempotencyContext | None = None, **fields: Any) -> None:
+    extra: dict[str, Any] = {}
+    if ctx is not None:
+        extra.update(
+            idempotency_key=ctx.key,
+            idempotency_scope=ctx.scope,
+            idempotency_record=ctx.record_id,
+            principal_id=ctx.principal_id,
+            recovery_point=ctx.recovery_point,
+        )
+    extra.update(fields)
+    logger.info(event, extra=extra)
+
+
+def decision(scope: str, outcome: str, **fields: Any) -> None:
+    REQUESTS.labels(scope=scope, outcome=outcome).inc()
+    logger.info(
+        "idempotency decision", extra={"idempotency_scope": scope, "outcome": outcome, **fields}
+    )
+
+
+# --- Claiming a record ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """What a request claims: its principal's key, and what makes it the same request."""
+
+    principal_id: Any
+    key: str
+    scope: str
+    method: str
+    path: str
+    fingerprint: str
+
+    def matches(self, record: IdempotencyRecord) -> str | None:
+        """Why ``record`` belongs to another request, or None if it is this one."""
+        if record.scope != self.scope or record.request_path != self.path:
+            return "endpoint"
+        if record.request_method != self.method or record.fingerprint != self.fingerprint:
+            return "payload"
+        return None
+
+    def columns(self, *, at: datetime, token: uuid.UUID) -> dict[str, Any]:
+        """The columns of the record a first request inserts."""
+        return {
+            "principal": self.principal_id,
+            "key": self.key,
+            "scope": self.scope,
+            "request_method": self.method,
+            "request_path": self.path,
+            "fingerprint": self.fingerprint,
+            "recovery_point": STARTED,
+            "resource_id": "",
+            "response_body": "",
+            "locked_at": at,
+            "lock_token": token,
+            "last_run_at": at,
+            "attempts": 1,
+            "created_at": at,
+        }
+
+
+def _insert_if_absent(claim: Claim, *, at: datetime, token: uuid.UUID, alias: str) -> int | None:
+    """INSERT the record unless (principal, key) exists; return its id if we inserted it.
+
+    One statement decides the race: the unique constraint, not a prior read, picks the one
+    winner among concurrent first requests.
+    """
+    meta = IdempotencyRecord._meta
+    columns = claim.columns(at=at, token=token)
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(meta.get_field(name).column) for name in columns)
+    placeholders = ", ".join(["%s"] * len(columns))
+    conflict = ", ".join(quote(meta.get_field(name).column) for name in ("principal", "key"))
+    headers_column = quote(meta.get_field("response_headers").column)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({names}, {headers_column}) "  # noqa: S608 - identifiers come from model metadata, values are parameters
+        f"VALUES ({placeholders}, '{{}}'::jsonb) "
+        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(columns.values()))
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _retry_after(record: IdempotencyRecord, at: datetime) -> int:
+    """Seconds a client should wait before retrying an in-flight key.
+
+    A small hint (``IDEMPOTENCY_CONFLICT_RETRY_AFTER_S``), never past the lock's expiry:
+    most first requests finish well within a second.
+    """
+    remaining = (record.locked_at + lock_timeout() - at).total_seconds()
+    return max(1, min(settings.IDEMPOTENCY_CONFLICT_RETRY_AFTER_S, math.ceil(remaining)))
+
+
+def claim_record(claim: Claim) -> tuple[str, IdempotencyRecord, uuid.UUID | None]:
+    """Decide what to do with a request's key; return (outcome, record, our lock token).
+
+    Outcomes: ``first`` and ``resumed`` (we hold the lock), ``replay`` (finished).
+    Raises the 422 and 409 errors. A first request costs the INSERT alone: the record is
+    built from the values it inserted rather than read back.
+    """
+    alias = current_alias()
+    records = IdempotencyRecord.objects.using(alias)
+    for _ in range(_ACQUIRE_ATTEMPTS):
+        at, token = now(), uuid.uuid4()
+        record_id = _insert_if_absent(claim, at=at, token=token, alias=alias)
+        if record_id is not None:
+            columns = claim.columns(at=at, token=token)
+            columns["principal_id"] = columns.pop("principal")
+            return "first", IdempotencyRecord(pk=record_id, **columns), token
+        record = records.filter(principal_id=claim.principal_id, key=claim.key).first()
+        if record is None:
+            continue  # deleted since the INSERT (a discarded 4xx, the purge): claim again
+        if (why := claim.matches(record)) is not None:
+            decision(claim.scope, "mismatch", idempotency_key=claim.key, mismatch=why)
+            raise IdempotencyKeyMismatchError(
+                "This Idempotency-Key was used with a different endpoint."
+                if why == "endpoint"
+                else "This Idempotency-Key was used with a different request body.",
+                extra={"mismatch": why},
+            )
+        if record.is_finished:
+            return "replay", record, None
+        cutoff = at - lock_timeout()
+        if record.locked_at is not None and record.locked_at >= cutoff:
+            decision(claim.scope, "in_flight_conflict", idempotency_key=claim.key)
+            raise IdempotencyRequestInFlightError(retry_after=_retry_after(record, at))
+        # A conditional UPDATE is the check and the takeover in one statement: of several
+        # retries racing for an abandoned record exactly one wins.
+        taken = (
+            records.filter(pk=record.pk)
+            .exclude(recovery_point=FINISHED)
+            .filter(Q(locked_at__isnull=True) | Q(locked_at__lt=cutoff))
+            .update(locked_at=at, lock_token=token, last_run_at=at, attempts=F("attempts") + 1)
+        )
+        if taken:
+            record.refresh_from_db()
+            return "resumed", record, token
+        # Someone else moved it between our read and our update: look again.
+    decision(claim.scope, "in_flight_conflict", idempotency_key=claim.key)
+    raise IdempotencyRequestInFlightError(retry_after=1)
