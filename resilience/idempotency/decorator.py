@@ -33,6 +33,7 @@ recovery point, so a retry (or the completer) resumes where the work stopped.
 
 from __future__ import annotations
 
+import logging
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -60,10 +61,11 @@ from resilience.idempotency.store import (
     claim_record,
     decision,
     log,
-    logger,
     replay,
 )
 from resilience.models import IdempotencyRecord
+
+logger = logging.getLogger("resilience.idempotency")
 
 F_ = TypeVar("F_", bound=Callable[..., Any])
 

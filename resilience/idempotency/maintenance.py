@@ -6,6 +6,7 @@ admin's actions.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -23,10 +24,11 @@ from resilience.idempotency.store import (
     StoredResponse,
     lock_timeout,
     log,
-    logger,
     now,
 )
 from resilience.models import IdempotencyRecord
+
+logger = logging.getLogger("resilience.idempotency")
 
 COMPLETER_RUNS = Counter(
     "resilience_idempotency_completer_runs_total",
