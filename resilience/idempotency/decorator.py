@@ -33,8 +33,8 @@ recovery point, so a retry (or the completer) resumes where the work stopped.
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
