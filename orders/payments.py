@@ -40,20 +40,20 @@ class Authorization:
     id: str
 
 
-def payment_idempotency_key(order_id: object) -> str:
-    """Derived from the order alone, so a resumed or retried authorisation never charges twice."""
-    return f"order-{order_id}"
-
-
 def payments_authorize(
-    *, order_id: object, amount: int, currency: str, retry: bool = True
+    *, order_id: object, amount: int, currency: str, idempotency_key: str, retry: bool = True
 ) -> Authorization:
-    """Authorise ``amount`` for the order; raise one of ``PAYMENTS_UNAVAILABLE`` or declined."""
+    """Authorise ``amount`` for the order; raise one of ``PAYMENTS_UNAVAILABLE`` or declined.
+
+    ``idempotency_key`` comes from the caller's declared operation
+    (``ORDER_PLACEMENT.downstream_key``), the one place keys are derived, so a resumed or
+    retried authorisation never charges twice.
+    """
     response = client("payments").request(
         "POST",
         "/authorizations",
         json={"order_id": str(order_id), "amount": amount, "currency": currency},
-        idempotency_key=payment_idempotency_key(order_id),
+        idempotency_key=idempotency_key,
         retry=retry,
     )
     if response.status_code in (200, 201):

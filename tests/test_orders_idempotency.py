@@ -87,13 +87,13 @@ def test_a_crash_after_the_charge_is_resumed_without_charging_twice(payments, us
     client = client_for(user)
     client.raise_request_exception = False
     key = str(uuid.uuid4())
-    real_settle = services._settle
+    real = services.ORDER_PLACEMENT
 
-    def crash_once(*args, **kwargs):
-        monkeypatch.setattr(services, "_settle", real_settle)
+    def crash_once(progress):
+        monkeypatch.setattr(services, "ORDER_PLACEMENT", real)
         raise RuntimeError("process died after the authorisation, before phase 3")
 
-    monkeypatch.setattr(services, "_settle", crash_once)
+    monkeypatch.setattr(services, "ORDER_PLACEMENT", real.with_phase("payment_settled", crash_once))
     first = post(client, key)
     assert first.status_code == 500
     order = Order.objects.get()
