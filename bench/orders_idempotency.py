@@ -13,6 +13,25 @@ WARMUP = 20
 ORDER = {"currency": "EUR", "items": [{"sku": "abc", "quantity": 2, "unit_price": 1250}]}
 
 
+def statements(post) -> tuple[int, int, int]:
+    """(all statements, statements outside a transaction, transactions) of one request."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["default"]) as captured:
+        post()
+    depth = alone = transactions = 0
+    for query in captured.captured_queries:
+        sql = query["sql"]
+        if sql == "BEGIN":
+            depth, transactions = depth + 1, transactions + 1
+        elif sql in ("COMMIT", "ROLLBACK"):
+            depth -= 1
+        elif not depth:
+            alone += 1
+    return len(captured.captured_queries), alone, transactions
+
+
 def main() -> None:
     from bench.support import setup_django, timed, timing
 
@@ -42,8 +61,22 @@ def main() -> None:
             for _ in range(ROUNDS):
                 plain.append(timed(without_key))
                 keyed.append(timed(with_key))
+            counts = {"without": statements(without_key), "with": statements(with_key)}
     without, with_ = timing(plain), timing(keyed)
     print(f"POST /api/v1/orders in-process, payments on loopback, {ROUNDS} each, interleaved")
     print(f"  without Idempotency-Key: {without}")
     print(f"  with Idempotency-Key:    {with_}")
-    print(f"  p50 ratio with/without: {with_.p50_ms / without.p50_ms:.2f}")
+    print(
+        f"  p50 ratio with/without: {with_.p50_ms / without.p50_ms:.2f}"
+        f" (+{with_.p50_ms - without.p50_ms:.2f} ms)"
+    )
+    for label, (total, alone, transactions) in counts.items():
+        print(
+            f"  statements {label + ' key:':12} {total} ({alone} outside a transaction,"
+            f" {transactions} transactions)"
+        )
+    extra = counts["with"][0] - counts["without"][0]
+    extra_alone = counts["with"][1] - counts["without"][1]
+    print(
+        f"  the key adds {extra} statements, {extra_alone} of them outside the phases' transactions"
+    )
