@@ -175,7 +175,12 @@ ORDER_PLACEMENT = Operation(
     phases=[
         atomic("order_created", _create_order),
         call("authorize", _authorize_payment),
-        atomic("payment_settled", _settle),
+        # Before declared phases, phase 3 recorded its outcome in the point's name.
+        atomic(
+            "payment_settled",
+            _settle,
+            formerly=("payment_authorized", "payment_deferred", "payment_declined"),
+        ),
     ],
 )
 

@@ -56,6 +56,7 @@ class Atomic:
 
     name: str
     run: PhaseFn
+    formerly: tuple[str, ...] = ()  # older names of this point, still found on records
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,13 @@ class Call:
     run: PhaseFn
 
 
-def atomic(point: str, run: PhaseFn) -> Atomic:
-    """Declare a transactional phase reaching the recovery point ``point``."""
-    return Atomic(point, run)
+def atomic(point: str, run: PhaseFn, *, formerly: tuple[str, ...] = ()) -> Atomic:
+    """Declare a transactional phase reaching the recovery point ``point``.
+
+    ``formerly``: names this point had in earlier releases, so records written then
+    resume after this phase (a rename must not strand a record mid-way).
+    """
+    return Atomic(point, run, formerly)
 
 
 def call(name: str, run: PhaseFn) -> Call:
@@ -147,7 +152,7 @@ class Operation:
         if point == STARTED:
             return 0
         for index, phase in enumerate(self.phases):
-            if isinstance(phase, Atomic) and phase.name == point:
+            if isinstance(phase, Atomic) and point in (phase.name, *phase.formerly):
                 return index + 1
         raise ValueError(f"{point!r} is not a recovery point of this operation")
 
