@@ -104,10 +104,10 @@ class _Unrecorded:
     recovery_point = STARTED
     resource_id = None
 
-    def advance(self, point: str, *, resource_id: Any = None) -> None:
+    def advance(self, point: str, *, resource_id: Any = None, last: bool = False) -> None:
         self.recovery_point = point
 
-    def finish(self, response: Any) -> Any:
+    def finish(self, response: Any, *, last: bool = False) -> Any:
         self.recovery_point = FINISHED
         return response
 
@@ -190,8 +190,9 @@ class Operation:
                 if progress.resource is None:
                     raise TypeError(f"phase {phase.name!r} must return the resource it made")
                 if index == last_atomic and respond is not None:
-                    return log.finish(respond(progress.resource))
-                log.advance(phase.name, resource_id=progress.resource.pk if first else None)
+                    return log.finish(respond(progress.resource), last=True)
+                resource_id = progress.resource.pk if first else None
+                log.advance(phase.name, resource_id=resource_id, last=True)
         return respond(progress.resource) if respond is not None else progress.resource
 
     def completer(

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import DataError, connections, transaction
 from django.db.models import F, Q
+from django.db.models.sql import UpdateQuery
 from django.http import HttpResponse, HttpResponseBase
 from django.utils import timezone
 from prometheus_client import Counter
@@ -164,13 +165,14 @@ class IdempotencyContext:
     def finished(self) -> bool:
         return self.recovery_point == FINISHED
 
-    def advance(self, point: str, *, resource_id: Any = None) -> None:
+    def advance(self, point: str, *, resource_id: Any = None, last: bool = False) -> None:
         """Record that the handler reached ``point``, in the caller's current transaction.
 
         Call it inside the ``transaction.atomic(using=current_alias())`` block of the phase
         whose work it records: both commit or roll back together. It also renews the lock.
         Raises :class:`IdempotencyLockLostError` (rolling back the phase) when another
-        attempt took the lock over.
+        attempt took the lock over. ``last=True`` promises that nothing else runs in the
+        block after it: the write then travels with the COMMIT (:func:`_write_and_commit`).
         """
         if not point or len(point) > MAX_POINT_LENGTH or point in (STARTED, FINISHED):
             raise ValueError(
@@ -181,27 +183,28 @@ class IdempotencyContext:
         changes: dict[str, Any] = {"recovery_point": point, "last_run_at": at, "locked_at": at}
         if resource_id is not None:
             changes["resource_id"] = str(resource_id)
-        self._fenced_write(changes)
+        self._fenced_write(changes, last=last)
         self.recovery_point = point
         if resource_id is not None:
             self.resource_id = str(resource_id)
         log("idempotency recovery point", self, point=point)
 
-    def finish(self, response: Any) -> Any:
+    def finish(self, response: Any, *, last: bool = False) -> Any:
         """Store ``response`` as the final answer, in the caller's current transaction.
 
         The last phase's work, the answer and the end of the lock commit together: one
         statement inside that phase's transaction instead of a recovery point there and a
         store after it. ``response`` is a :class:`StoredResponse` (completers) or the
         view's response, rendered here the way the decorator renders it. Returns the
-        rendered response. Raises :class:`IdempotencyLockLostError` like :meth:`advance`.
+        rendered response. Raises :class:`IdempotencyLockLostError`; ``last`` as in
+        :meth:`advance`.
         """
         if isinstance(response, StoredResponse):
             stored, rendered = response, response
         else:
             rendered = self.render(response) if self.render is not None else response
             stored = StoredResponse.of(rendered)
-        self._fenced_write(self._finished_changes(stored))
+        self._fenced_write(self._finished_changes(stored), last=last)
         self.recovery_point = FINISHED
         return rendered
 
@@ -211,12 +214,16 @@ class IdempotencyContext:
             pk=self.record_id, lock_token=self._lock_token
         )
 
-    def _fenced_write(self, changes: dict[str, Any]) -> None:
+    def _fenced_write(self, changes: dict[str, Any], *, last: bool = False) -> None:
+        fenced = self._holder().exclude(recovery_point=FINISHED)
+        alias = current_alias()
+        if last and _commit_is_next(alias):
+            _write_and_commit(fenced, changes, alias=alias, record_id=self.record_id)
+            return
         # savepoint=False: inside the phase's transaction this is one more statement of it;
         # outside any transaction it is its own.
-        with transaction.atomic(using=current_alias(), savepoint=False):
-            updated = self._holder().exclude(recovery_point=FINISHED).update(**changes)
-            if updated != 1:
+        with transaction.atomic(using=alias, savepoint=False):
+            if fenced.update(**changes) != 1:
                 raise IdempotencyLockLostError(f"lost the lock on record {self.record_id}")
 
     @staticmethod
@@ -249,6 +256,47 @@ class IdempotencyContext:
     def _discard(self) -> bool:
         deleted, _ = self._holder().filter(recovery_point=STARTED).delete()
         return deleted == 1
+
+
+def _commit_is_next(alias: str) -> bool:
+    """Whether the caller's block is the outermost transaction, healthy, and ours to end."""
+    connection = connections[alias]
+    return (
+        connection.vendor == "postgresql"
+        and connection.in_atomic_block
+        and len(connection.atomic_blocks) == 1
+        and not connection.savepoint_ids
+        and not connection.needs_rollback
+        # Client-side binding (Django's default) sends the simple query protocol, which
+        # carries several statements in one message.
+        and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+    )
+
+
+# SQLSTATE division_by_zero: how the fenced write below says "not our record any more".
+_LOCK_LOST_SQLSTATE = "22012"
+
+
+def _write_and_commit(fenced: Any, changes: dict[str, Any], *, alias: str, record_id: int) -> None:
+    """The fenced write and the transaction's COMMIT in one round trip (adr/0014).
+
+    The lock check must still decide before the commit: the UPDATE runs in a CTE whose
+    ``1 / count(*)`` fails when it matched no row, which aborts the transaction, so the
+    COMMIT after it in the same message never happens and the phase rolls back, exactly
+    as when :meth:`IdempotencyContext.advance` raises. Django's own COMMIT at the end of
+    the block then finds the server idle and psycopg sends nothing.
+    """
+    query = fenced.query.chain(UpdateQuery)
+    query.add_update_values(changes)
+    update, params = query.get_compiler(alias).as_sql()
+    sql = f"WITH fenced AS ({update} RETURNING 1) SELECT 1 / count(*) FROM fenced; COMMIT"  # noqa: S608 - compiled by the ORM, values are parameters
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, params)
+    except DataError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == _LOCK_LOST_SQLSTATE:
+            raise IdempotencyLockLostError(f"lost the lock on record {record_id}") from exc
+        raise
 
 
 def log(event: str, ctx: IdempotencyContext | None = None, **fields: Any) -> None:

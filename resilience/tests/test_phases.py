@@ -5,9 +5,17 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from orders.models import Order, OrderStatus
-from resilience.idempotency import STARTED, StoredResponse, downstream_key, store
+from resilience.idempotency import (
+    STARTED,
+    IdempotencyLockLostError,
+    StoredResponse,
+    downstream_key,
+    store,
+)
 from resilience.models import IdempotencyRecord
 from resilience.phases import Operation, atomic, call
 
@@ -139,3 +147,43 @@ def test_declarations_are_checked():
         Operation("x", load=load, phases=[atomic("a", noop)]).with_phase("b", noop)
     with pytest.raises(TypeError, match="must return the resource"):
         Operation("x", load=load, phases=[atomic("a", noop)]).run()
+
+
+# --- The record's write travels with the phase's COMMIT (adr/0014) ----------------------------
+def one_phase(make) -> Operation:
+    return Operation("order", load=lambda pk: Order.objects.get(id=pk), phases=[atomic("a", make)])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_sent_with_the_commit_commits_the_work_and_runs_on_commit_hooks(user):
+    fired: list[int] = []
+
+    def make(progress):
+        transaction.on_commit(lambda: fired.append(1))
+        return Order.objects.create(owner=user, currency="EUR", total_amount=1)
+
+    ctx = claimed(user, str(uuid.uuid4()))
+    with CaptureQueriesContext(connection) as captured:
+        one_phase(make).run(recovery=ctx, respond=respond)
+    assert any(q["sql"].endswith("; COMMIT") for q in captured.captured_queries)
+    assert fired == [1]
+    assert not connection.in_atomic_block
+    record = IdempotencyRecord.objects.get(pk=ctx.record_id)
+    assert (record.recovery_point, Order.objects.count()) == ("finished", 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_lost_before_the_commit_rolls_the_phase_back(user):
+    ctx = claimed(user, str(uuid.uuid4()))
+    # Another attempt took the expired lock over: the token on the record is not ours.
+    IdempotencyRecord.objects.filter(pk=ctx.record_id).update(lock_token=uuid.uuid4())
+
+    def make(progress):
+        return Order.objects.create(owner=user, currency="EUR", total_amount=1)
+
+    for respond_with in (respond, None):  # the last write with the answer, or a point
+        with pytest.raises(IdempotencyLockLostError):
+            one_phase(make).run(recovery=ctx, respond=respond_with)
+        assert not connection.in_atomic_block
+        assert not Order.objects.exists()  # the COMMIT after the failed check never ran
+    assert IdempotencyRecord.objects.get(pk=ctx.record_id).recovery_point == STARTED
