@@ -5,8 +5,10 @@ with :mod:`resilience.phases`, which records its recovery points here. The packa
 
 - :mod:`~resilience.idempotency.keys`: the header, the request fingerprint, the one
   derivation of downstream keys;
-- :mod:`~resilience.idempotency.store`: claiming a record, the lock holder's context
-  (recovery points, the stored answer), replays;
+- :mod:`~resilience.idempotency.claims`: the claim of a key (first, replay, 409, 422,
+  takeover);
+- :mod:`~resilience.idempotency.store`: the lock holder's context (recovery points, the
+  stored answer, each write sent with its phase's COMMIT), replays, the clock;
 - :mod:`~resilience.idempotency.decorator`: ``@idempotent`` and what each answer stores;
 - :mod:`~resilience.idempotency.maintenance`: completers, the purge, stale locks;
 - :mod:`~resilience.idempotency.errors`: the problem+json errors.

@@ -2,7 +2,7 @@
 
 For a request carrying an ``Idempotency-Key`` header the decorator, running after DRF's
 authentication and throttles, claims the record ``(request.user, key)``
-(:func:`~resilience.idempotency.store.claim_record`) and then:
+(:func:`~resilience.idempotency.claims.claim_record`) and then:
 
 =======================================  ==============================================
 state of the record                      answer
@@ -46,6 +46,7 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.request import Request
 
 from resilience.db_routing import current_alias
+from resilience.idempotency.claims import Claim, claim_record
 from resilience.idempotency.errors import (
     IdempotencyKeyInvalidError,
     IdempotencyKeyRequiredError,
@@ -55,10 +56,8 @@ from resilience.idempotency.errors import (
 from resilience.idempotency.keys import KEY_HEADER, KEY_PATTERN, parse_key, request_fingerprint
 from resilience.idempotency.store import (
     RESULTS,
-    Claim,
     IdempotencyContext,
     StoredResponse,
-    claim_record,
     decision,
     log,
     replay,

@@ -15,6 +15,7 @@ from conftest import client_for
 from orders.models import Order
 from resilience.idempotency import (
     IdempotencyLockLostError,
+    claims,
     downstream_key,
     override_clock,
     request_fingerprint,
@@ -371,7 +372,7 @@ def test_retry_after_never_points_past_the_lock_expiry(user, settings):
 # --- Context API --------------------------------------------------------------------------
 def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
     clock = FakeClock()
-    claim = store.Claim(
+    claim = claims.Claim(
         principal_id=user.pk,
         key=new_key(),
         scope="tests.ctx",
@@ -380,7 +381,7 @@ def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
         fingerprint="f" * 64,
     )
     with override_clock(clock):
-        outcome, record, token = store.claim_record(claim)
+        outcome, record, token = claims.claim_record(claim)
         ctx = store.IdempotencyContext(record, lock_token=token, outcome=outcome)
         for reserved in ("started", "finished", "", "x" * 65):
             with pytest.raises(ValueError, match="recovery point"):
@@ -391,7 +392,7 @@ def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
         # Another attempt takes the expired lock over; our next advance must fail and
         # roll back the phase it belongs to.
         clock.advance(seconds=3600)
-        assert store.claim_record(claim)[0] == "resumed"
+        assert claims.claim_record(claim)[0] == "resumed"
 
         def phase_two() -> None:
             with transaction.atomic():

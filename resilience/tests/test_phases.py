@@ -13,6 +13,7 @@ from resilience.idempotency import (
     STARTED,
     IdempotencyLockLostError,
     StoredResponse,
+    claims,
     downstream_key,
     store,
 )
@@ -56,11 +57,11 @@ def operation(calls: list, *, die_in: str = "") -> Operation:
 
 
 def claimed(user, key: str):
-    claim = store.Claim(
+    claim = claims.Claim(
         principal_id=user.pk, key=key, scope="tests.phases", method="POST", path="/x",
         fingerprint="f" * 64,
     )  # fmt: skip
-    outcome, record, token = store.claim_record(claim)
+    outcome, record, token = claims.claim_record(claim)
     return store.IdempotencyContext(record, lock_token=token, outcome=outcome)
 
 
