@@ -40,7 +40,8 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience import metrics
+from resilience import metrics, registry
+from resilience.errors import BreakerOpenError
 from resilience.policies import BreakerPolicy, get_policy
 
 logger = logging.getLogger(__name__)
@@ -54,15 +55,6 @@ TRIALS_TTL_S = 3600
 UNAVAILABLE = object()
 # The probe "lock" of process-local state (and of shared state while Redis is down).
 LOCAL_LOCK = "local"
-
-
-class BreakerOpenError(pybreaker.CircuitBreakerError):
-    """The dependency's breaker refused the call; retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, dependency: str, retry_after_s: float) -> None:
-        self.dependency = dependency
-        self.retry_after_s = max(0.0, retry_after_s)
-        super().__init__(f"circuit breaker for {dependency} is open")
 
 
 # --- What counts as a failure ----------------------------------------------------------
@@ -681,15 +673,13 @@ class Breaker:
 
 # --- Registry -------------------------------------------------------------------------
 
-_registry: dict[str, Breaker] = {}
-_registry_lock = threading.Lock()
-
 
 def breaker(dependency: str) -> Breaker:
     """The breaker of ``dependency`` in this process (built on first use from settings)."""
-    existing = _registry.get(dependency)
-    if existing is not None:
-        return existing
+    return registry.live(registry.BREAKER, dependency, lambda: _build(dependency))
+
+
+def _build(dependency: str) -> Breaker:
     policy = get_policy(dependency).breaker
     if policy is None:
         raise KeyError(f"{dependency} has no breaker policy")
@@ -699,15 +689,13 @@ def breaker(dependency: str) -> Breaker:
         if policy.shared and dependency != "redis"
         else MemoryStorage()
     )
-    candidate = Breaker(
+    return Breaker(
         dependency,
         policy,
         is_failure=FAILURE_PREDICATES.get(template, _is_http_failure),
         storage=storage,
         listeners=(MetricsListener(),),
     )
-    with _registry_lock:
-        return _registry.setdefault(dependency, candidate)
 
 
 def known_breakers() -> dict[str, Breaker]:
@@ -715,17 +703,11 @@ def known_breakers() -> dict[str, Breaker]:
     from resilience.policies import all_policies
 
     for name, policy in all_policies().items():
-        if policy.breaker is not None and name != "webhook":
+        if policy.breaker is not None and not policy.per_target:
             breaker(name)
-    return dict(_registry)
+    return built_breakers()
 
 
 def built_breakers() -> dict[str, Breaker]:
     """The breakers this process has built (none are created by asking)."""
-    return dict(_registry)
-
-
-def reset_registry() -> None:
-    """Forget every breaker of this process (tests; shared state in Redis stays)."""
-    with _registry_lock:
-        _registry.clear()
+    return registry.built(registry.BREAKER)

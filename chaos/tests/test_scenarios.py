@@ -229,6 +229,6 @@ def test_compressed_time_changes_durations_only():
 
 
 def test_the_command_restates_the_ceiling():
-    from resilience.management.commands import chaos
+    from chaos.management.commands import chaos
 
     assert chaos.COLLAPSE_CEILING_RPS == COLLAPSE_CEILING_RPS
