@@ -48,7 +48,7 @@ def fresh_resilience():
     into the next.
     """
     from resilience import probes
-    from resilience.breakers import _shared_state_redis
+    from resilience.breaker_state import _shared_state_redis
     from resilience.registry import reset_all
 
     def wipe() -> None:

@@ -30,7 +30,8 @@ import redis
 from redis.commands.core import Script
 
 from resilience import deadline, metrics, registry
-from resilience.breakers import _shared_state_redis, breaker
+from resilience.breaker_state import _shared_state_redis
+from resilience.breakers import breaker
 from resilience.errors import BreakerOpenError, BulkheadFullError
 from resilience.policies import BulkheadPolicy, get_policy
 
