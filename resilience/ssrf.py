@@ -43,6 +43,7 @@ from requests_hardened import Config, HTTPSession
 from requests_hardened.ip_filter import InvalidIPAddress, _is_ip_in_extra_blocked_ranges
 
 from resilience import deadline
+from resilience.errors import DependencyUnavailableError
 from resilience.http import ResilientSession, client
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -66,15 +67,15 @@ class ForbiddenTargetError(ValueError):
         super().__init__(detail)
 
 
-class ResolutionTimeoutError(TimeoutError):
+class ResolutionTimeoutError(DependencyUnavailableError, TimeoutError):
     """A target's DNS lookup did not finish within ``DNS_RESOLVE_TIMEOUT_S``."""
-
-    dependency = "dns"
 
     def __init__(self, host: str, timeout_s: float) -> None:
         self.host = host
         self.timeout_s = timeout_s
-        super().__init__(f"DNS lookup of {host!r} did not finish within {timeout_s:g} s")
+        super().__init__(
+            "dns", detail=f"DNS lookup of {host!r} did not finish within {timeout_s:g} s"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,27 @@
-"""The errors of idempotency keys, rendered as problem+json by common.exception_handler."""
+"""The errors of idempotency keys, rendered as problem+json (resilience.problems)."""
 
 from __future__ import annotations
 
-from common.errors import ApplicationError, ConflictError, ErrorCode, UnprocessableError
+from resilience.problems import ConflictError, ProblemCode, ProblemError, UnprocessableError
 
 
-class IdempotencyKeyInvalidError(ApplicationError):
-    code = ErrorCode.IDEMPOTENCY_KEY_INVALID
+class IdempotencyKeyInvalidError(ProblemError):
+    code = ProblemCode.IDEMPOTENCY_KEY_INVALID
     title = "Invalid Idempotency-Key"
 
 
-class IdempotencyKeyRequiredError(ApplicationError):
-    code = ErrorCode.IDEMPOTENCY_KEY_REQUIRED
+class IdempotencyKeyRequiredError(ProblemError):
+    code = ProblemCode.IDEMPOTENCY_KEY_REQUIRED
     title = "Idempotency-Key required"
 
 
 class IdempotencyKeyMismatchError(UnprocessableError):
-    code = ErrorCode.IDEMPOTENCY_KEY_MISMATCH
+    code = ProblemCode.IDEMPOTENCY_KEY_MISMATCH
     title = "Idempotency-Key reused for a different request"
 
 
 class IdempotencyRequestInFlightError(ConflictError):
-    code = ErrorCode.IDEMPOTENCY_REQUEST_IN_FLIGHT
+    code = ProblemCode.IDEMPOTENCY_REQUEST_IN_FLIGHT
     title = "A request with this Idempotency-Key is in progress"
 
     def __init__(self, *, retry_after: int) -> None:
