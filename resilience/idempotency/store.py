@@ -199,6 +199,8 @@ class IdempotencyContext:
         else:
             rendered = self.render(response) if self.render is not None else response
             stored = StoredResponse.of(rendered)
+        if stored.status >= 500:
+            raise ValueError("a 5xx answer is never stored: raise instead, and a retry resumes")
         self._fenced_write(self._finished_changes(stored), last=last)
         self.recovery_point = FINISHED
         return rendered

@@ -150,6 +150,18 @@ def test_declarations_are_checked():
         Operation("x", load=load, phases=[atomic("a", noop)]).run()
 
 
+def test_a_5xx_answer_is_never_stored_by_the_last_phase(user):
+    ctx = claimed(user, str(uuid.uuid4()))
+
+    def make(progress):
+        return Order.objects.create(owner=user, currency="EUR", total_amount=1)
+
+    with pytest.raises(ValueError, match="never stored"):
+        one_phase(make).run(recovery=ctx, respond=lambda _order: StoredResponse(503, "{}"))
+    assert not Order.objects.exists()  # the phase rolled back with it
+    assert ctx.recovery_point == STARTED
+
+
 # --- The record's write travels with the phase's COMMIT (adr/0014) ----------------------------
 def one_phase(make) -> Operation:
     return Operation("order", load=lambda pk: Order.objects.get(id=pk), phases=[atomic("a", make)])
