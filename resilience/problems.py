@@ -45,9 +45,9 @@ class ProblemCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     UNPROCESSABLE = "unprocessable"
-    SERVER_ERROR = "server_error"
     # Refusals (resilience.errors): a dependency, a quota or the server says "not now".
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    SERVER_ERROR = "server_error"
     RATE_LIMITED = "rate_limited"
     RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
     OVERLOADED = "overloaded"
