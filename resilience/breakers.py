@@ -42,6 +42,7 @@ from redis.retry import Retry
 
 from resilience import metrics
 from resilience.policies import BreakerPolicy, get_policy
+from resilience.redis_client import client_from_url
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -278,7 +279,7 @@ def _shared_state_redis() -> redis.Redis:
     with _state_client_lock:
         if _state_client is None:
             timeouts = get_policy("redis").timeouts
-            _state_client = redis.Redis.from_url(
+            _state_client = client_from_url(  # one server or a Redis Cluster
                 settings.RESILIENCE["breaker_state_redis_url"],
                 socket_connect_timeout=timeouts.connect_s,
                 socket_timeout=timeouts.read_s,

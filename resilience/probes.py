@@ -87,11 +87,12 @@ def probe_postgres(policy: DependencyPolicy) -> None:
 
 
 def probe_redis(policy: DependencyPolicy) -> None:
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = redis.Redis.from_url(
+    from resilience.redis_client import client_from_url
+
+    client = client_from_url(
         policy.base_url or settings.REDIS_URL,
         socket_connect_timeout=policy.timeouts.connect_s,
         socket_timeout=policy.timeouts.read_s,

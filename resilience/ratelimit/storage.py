@@ -24,11 +24,13 @@ import pybreaker
 import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from resilience.breakers import BreakerOpenError, breaker
 from resilience.ratelimit import metrics
 from resilience.ratelimit.config import RedisOptions
+from resilience.redis_client import client_from_url, is_cluster_url
 
 T = TypeVar("T")
 MICROS = 1_000_000
@@ -70,7 +72,19 @@ def build_client(options: RedisOptions) -> redis.Redis:
     retry: the fallback bucket is cheaper than waiting) also shape the connection each
     serving thread keeps for decisions (:class:`RedisBucketStore`). The small
     ``BlockingConnectionPool`` itself serves the operator calls (adr/0004).
+
+    A ``redis-cluster://`` URL gives a cluster client with the same timeouts and no
+    retry; it routes each decision to the master of its keys' slot (one slot per
+    decision: hash tags, :meth:`resilience.ratelimit.limiter.Limiter.key`).
     """
+    if is_cluster_url(options.url):
+        return client_from_url(
+            options.url,
+            max_connections=options.max_connections,
+            socket_timeout=options.socket_timeout_s,
+            socket_connect_timeout=options.connect_timeout_s,
+            retry=Retry(NoBackoff(), retries=0),
+        )
     pool = redis.BlockingConnectionPool.from_url(
         options.url,
         max_connections=options.max_connections,
@@ -97,8 +111,11 @@ class RedisBucketStore:
     WEB_THREADS``); the pool serves the rare operator calls (adr/0004).
     """
 
-    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, *, clock: Callable[[], float] | None = None
+    ) -> None:
         self.client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._clock = clock
         self._sha = hashlib.sha1(LUA_SOURCE.encode()).hexdigest()  # noqa: S324 - Redis' id
         self._thread = threading.local()
@@ -146,6 +163,8 @@ class RedisBucketStore:
 
     def _run_script(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
         """``EVALSHA`` on this thread's connection, loading the script on ``NOSCRIPT``."""
+        if self._cluster:
+            return self._run_script_on_cluster(keys, args)
         owned = getattr(self._thread, "connection", None)
         if owned is None or owned[0] != os.getpid():
             # A forked child inherits the forking thread's socket: it gets its own.
@@ -169,6 +188,18 @@ class RedisBucketStore:
             # A timeout may leave a reply in flight: never reuse a connection out of step.
             connection.disconnect()
             raise
+
+    def _run_script_on_cluster(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
+        """``EVALSHA`` on the master of the keys' slot; the cluster client routes it.
+
+        Keys in several slots raise ``RedisClusterException`` before anything is sent
+        (a policy combination without a shared ``slot``): the caller falls back.
+        """
+        try:
+            return self.client.evalsha(self._sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(LUA_SOURCE)  # every master (a promoted replica too)
+            return self.client.evalsha(self._sha, len(keys), *keys, *args)
 
     def delete(self, keys: Sequence[str]) -> int:
         """Empty the given buckets' history (an operator's reset); returns how many existed."""
