@@ -79,7 +79,12 @@ def probe_postgres(policy: DependencyPolicy) -> None:
         user=db.get("USER") or None,
         password=db.get("PASSWORD") or None,
         connect_timeout=max(2, int(policy.timeouts.connect_s)),  # libpq's minimum is 2
-        options=f"-c statement_timeout={statement_ms}",
+        # Behind PgBouncer the startup packet carries no options: its pool's own apply.
+        **(
+            {}
+            if getattr(settings, "DB_POOLER", "none") == "pgbouncer"
+            else {"options": f"-c statement_timeout={statement_ms}"}
+        ),
         application_name="resilient-probe",
         autocommit=True,
     ) as connection:
