@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 export DJANGO_SETTINGS_MODULE ?= config.settings.local
 
-.PHONY: install promtool fleet-tools run fleet fleet-test fleet-chaos migrate lint format test bench chaos-report loadtest clean
+.PHONY: install promtool fleet-tools run fleet fleet-test fleet-chaos fleet-capacity migrate lint format test bench chaos-report loadtest clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,10 @@ fleet-test: lint fleet-tools
 # Failover experiments on a fleet: reports in docs/chaos/fleet/ (ARGS="--only web-kill").
 fleet-chaos: install fleet-tools
 	$(PY) -m fleet chaos $(ARGS)
+
+# Capacity of one web node and one webhooks worker node on this machine (docs/scaling.md).
+fleet-capacity: install fleet-tools
+	$(PY) -m fleet capacity
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 
 Usage: python -m fleet [--web 3] [--workers-default 1] [--workers-webhooks 1]
        python -m fleet chaos [--only web-kill,...] [--out docs/chaos/fleet]
+       python -m fleet capacity   (one web node and one worker node, measured)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fleet.stack import Fleet, FleetSpec
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="up", choices=["up", "chaos"])
+    parser.add_argument("command", nargs="?", default="up", choices=["up", "chaos", "capacity"])
     parser.add_argument("--web", type=int, default=int(os.environ.get("FLEET_WEB_NODES", "3")))
     parser.add_argument("--workers-default", type=int, default=1)
     parser.add_argument("--workers-webhooks", type=int, default=1)
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/resilient_fleet"
         ),
     )
+    if args.command == "capacity":
+        from fleet.capacity import run
+
+        return run(spec)
     if args.command == "chaos":
         from fleet.chaos import run_all
 
@@ -50,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nReady.\n{fleet.summary()}\nCtrl-C stops everything.\n", flush=True)
     try:
         while not stopping.wait(1.0):
-            dead = [p.name for p in fleet.procs.values() if not p.alive]
-            if dead:
-                print(f"make fleet: exited: {', '.join(dead)}", flush=True)
-                for name in dead:
-                    print(fleet.procs[name].log_tail(10), flush=True)
+            # Like systemd or Kubernetes: an app process that exits is started again.
+            for name in fleet.restart_exited():
+                print(f"make fleet: {name} exited; started it again", flush=True)
+            servers = [p.name for p in fleet.procs.values() if not p.alive]
+            if servers:
+                print(f"make fleet: exited: {', '.join(servers)}; stopping", flush=True)
                 return 1
     finally:
         print("make fleet: stopping...", flush=True)

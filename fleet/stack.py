@@ -35,6 +35,17 @@ TOOLS = Path(os.environ.get("FLEET_TOOLS", ROOT / ".venv" / "fleet-tools"))
 START_TIMEOUT_S = 90.0
 BROKER_MASTER_NAME = "fleet-broker"
 GUNICORN_CONF = "config/gunicorn.py"
+# nginx's answer when no web node could take a request: the API's documented 503.
+UNAVAILABLE_PROBLEM = json.dumps(
+    {
+        "type": "/api/problems/dependency_unavailable",
+        "title": "Service temporarily unavailable",
+        "status": 503,
+        "code": "dependency_unavailable",
+        "detail": "No web node answered; retry later.",
+        "dependency": "web",
+    }
+)
 CLUSTER_NODE_TIMEOUT_MS = 2000
 SENTINEL_DOWN_AFTER_MS = 2000
 
@@ -118,6 +129,23 @@ class Fleet:
             self.stop()
             raise
         return self
+
+    def restart_exited(self) -> list[str]:
+        """Start again every app process that exited, as a supervisor would; their names."""
+        restarted = []
+        for name, proc in list(self.procs.items()):
+            if proc.alive or not name.startswith(("web-", "worker-", "beat-")):
+                continue
+            proc.stop(grace_s=1)  # the rest of its group, if any
+            if name.startswith("web-"):
+                self.start_web(int(name.rsplit("-", 1)[1]))
+            elif name.startswith("worker-"):
+                queue, index = name.removeprefix("worker-").rsplit("-", 1)
+                self.start_worker(queue, int(index))
+            else:
+                self.start_beat(int(name.rsplit("-", 1)[1]))
+            restarted.append(name)
+        return restarted
 
     def stop(self) -> None:
         """Stop every process group, apps first, then the servers they use."""
@@ -214,6 +242,9 @@ class Fleet:
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    # The bus port too (default port + 10000) stays in the fleet's range.
+                    "--cluster-port",
+                    str(free_port()),
                     "--cluster-node-timeout",
                     str(CLUSTER_NODE_TIMEOUT_MS),
                     "--save",
@@ -563,6 +594,14 @@ http {{
             proxy_connect_timeout 1s;
             proxy_read_timeout 35s;
         }}
+        # A node that died with the request (not retried: see above) or no node left:
+        # the API's documented 503, so the client retries with the same Idempotency-Key.
+        error_page 502 504 =503 @unavailable;
+        location @unavailable {{
+            default_type application/problem+json;
+            add_header Retry-After 1 always;
+            return 503 '{UNAVAILABLE_PROBLEM}';
+        }}
     }}
 }}
 """
@@ -649,27 +688,31 @@ http {{
     # --- observability ----------------------------------------------------------------------------
 
     def write_prometheus_targets(self) -> Path:
-        """File service discovery for Prometheus: one group per kind of node."""
-        groups = [
-            {
-                "targets": [f"127.0.0.1:{port}" for port in self.web_ports],
-                "labels": {"job": "web", "fleet": "local"},
-            }
-        ]
-        for queue in ("default", "webhooks"):
-            ports = [
-                port for name, port in self.worker_metrics_ports.items() if f"-{queue}-" in name
-            ]
-            groups.append(
-                {
-                    "targets": [f"127.0.0.1:{port}" for port in ports],
-                    "labels": {"job": f"worker-{queue}", "fleet": "local"},
-                }
+        """File service discovery for Prometheus: a target file per job, and the config.
+
+        ``.run/fleet/prometheus/prometheus.yml`` (deploy/prometheus/prometheus-fleet.yml)
+        with the alert rules beside it and ``targets/<job>.json``: every node's metrics
+        address, labelled with its node name.
+        """
+        directory = self.run_dir / "prometheus"
+        (directory / "targets").mkdir(parents=True, exist_ok=True)
+        deploy = ROOT / "deploy" / "prometheus"
+        shutil.copy(deploy / "prometheus-fleet.yml", directory / "prometheus.yml")
+        shutil.copy(deploy / "alerts.yml", directory / "alerts.yml")
+        jobs: dict[str, list[dict]] = {"web": [], "worker-default": [], "worker-webhooks": []}
+        for index, port in enumerate(self.web_ports, start=1):
+            jobs["web"].append(
+                {"targets": [f"127.0.0.1:{port}"], "labels": {"node": f"web-{index}"}}
             )
-        path = self.run_dir / "prometheus" / "targets.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(groups, indent=2) + "\n")
-        return path
+        for name, port in sorted(self.worker_metrics_ports.items()):
+            job = name.rsplit("-", 1)[0]
+            jobs[job].append({"targets": [f"127.0.0.1:{port}"], "labels": {"node": name}})
+        for job, groups in jobs.items():
+            target = directory / "targets" / f"{job}.json"
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups, indent=2) + "\n")
+            tmp.replace(target)  # Prometheus never reads a half-written file
+        return directory / "prometheus.yml"
 
     def summary(self) -> str:
         lines = [f"entry point (nginx)  {self.url}"]
@@ -682,7 +725,7 @@ http {{
             f"broker (Sentinel)    {self.broker_url} master {BROKER_MASTER_NAME}",
             f"payments             http://127.0.0.1:{self.payments_port}",
             f"receiver             http://127.0.0.1:{self.receiver_port}",
-            f"Prometheus targets   {self.run_dir / 'prometheus' / 'targets.json'}",
+            f"Prometheus config    {self.run_dir / 'prometheus' / 'prometheus.yml'}",
             f"logs                 {self.log_dir}",
         ]
         return "\n".join(lines)

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from urllib.parse import urlsplit
 
 import psycopg
@@ -273,3 +274,51 @@ def test_exactly_one_beat_schedules(fleet):
 
     wait_for(lambda: roles() == (1, 1), timeout=30, what="one beat active, one standing by")
     print(f"\nbeats: {roles()[0]} scheduling, {roles()[1]} standing by")
+
+
+def test_prometheus_discovers_every_node_from_the_files_make_fleet_writes(fleet):
+    from tests.test_observability_files import _promtool
+
+    config = fleet.write_prometheus_targets()
+    checked = subprocess.run(
+        [_promtool(), "check", "config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    targets = {}
+    for path in sorted((config.parent / "targets").glob("*.json")):
+        for group in json.loads(path.read_text()):
+            for target in group["targets"]:
+                targets[target] = (path.stem, group["labels"]["node"])
+    expected = fleet.spec.web_nodes + fleet.spec.default_workers + fleet.spec.webhooks_workers
+    assert len(targets) == expected
+    for target, (job, node) in targets.items():
+        text = http_request("GET", f"http://{target}/metrics").text
+        assert "resilience_" in text, (job, node)
+    print(f"\nPrometheus file SD: {sorted(targets.values())}")
+
+
+def _decisions(fleet: Fleet, policy: str) -> Counter:
+    counted: Counter = Counter()
+    for index in range(1, fleet.spec.web_nodes + 1):
+        text = http_request("GET", f"{fleet.web_url(index)}/metrics").text
+        for line in text.splitlines():
+            if line.startswith("resilience_ratelimit_decisions_total{") and (
+                f'policy="{policy}"' in line
+            ):
+                mode = re.search(r'mode="(\w+)"', line)[1]
+                counted[mode] += float(line.rsplit(" ", 1)[1])
+    return counted
+
+
+def test_the_login_decision_over_two_policies_runs_in_one_cluster_slot(fleet):
+    before = _decisions(fleet, "login_username")
+    for _ in range(3):
+        signed_up(fleet, client_ip())  # each login decides login_ip and login_username at once
+    after = _decisions(fleet, "login_username")
+    print(f"\nlogin_username decisions by mode on the cluster: {dict(after - before)}")
+    assert after["redis"] - before["redis"] >= 3
+    assert after["fallback"] == before["fallback"]
