@@ -107,7 +107,7 @@ class Fleet:
             shutil.rmtree(self.run_dir)
         self.log_dir.mkdir(parents=True)
         try:
-            self._start_redis_cluster()
+            self.start_redis_cluster()
             self._start_broker()
             self._start_pgbouncer()
             self._start_simulators()
@@ -224,7 +224,9 @@ class Fleet:
 
     # --- Redis Cluster -------------------------------------------------------------------
 
-    def _start_redis_cluster(self) -> None:
+    def start_redis_cluster(self) -> None:
+        """Three masters and three replicas on their own ports (also used alone: bench)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         for index in range(6):
             port = free_port()
             self.cluster_ports.append(port)
