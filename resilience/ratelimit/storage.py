@@ -10,6 +10,7 @@ seam where the process-local ``redis`` circuit breaker and the latency metric si
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -25,6 +26,7 @@ import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from resilience.breakers import BreakerOpenError, breaker
@@ -190,16 +192,58 @@ class RedisBucketStore:
             raise
 
     def _run_script_on_cluster(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
-        """``EVALSHA`` on the master of the keys' slot; the cluster client routes it.
+        """``EVALSHA`` on the master of the keys' slot, on this thread's connection to it.
 
-        Keys in several slots raise ``RedisClusterException`` before anything is sent
-        (a policy combination without a shared ``slot``): the caller falls back.
+        As on one Redis, each serving thread keeps its own connection, one per master it
+        talks to; the cluster client only tells which master owns the slot. A ``MOVED``
+        (slots moved after a failover) or a dead master fails this one decision (the
+        caller falls back) and re-reads the slot map at most once per second. Keys in
+        several slots (policies decided together without a shared ``slot``) fail too,
+        before anything is sent.
         """
+        client = self.client
+        slot = client.keyslot(keys[0])
+        if any(client.keyslot(key) != slot for key in keys[1:]):
+            raise redis.exceptions.ResponseError(f"CROSSSLOT keys {list(keys)} span slots")
+        node = client.nodes_manager.get_node_from_slot(slot)
+        connections = getattr(self._thread, "nodes", None)
+        if connections is None or connections[0] != os.getpid():
+            connections = (os.getpid(), {})
+            self._thread.nodes = connections
+        connection = connections[1].get(node.name)
+        if connection is None:
+            pool = client.get_redis_connection(node).connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            connections[1][node.name] = connection
         try:
-            return self.client.evalsha(self._sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            self.client.script_load(LUA_SOURCE)  # every master (a promoted replica too)
-            return self.client.evalsha(self._sha, len(keys), *keys, *args)
+            try:
+                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_command("SCRIPT", "LOAD", LUA_SOURCE)
+                connection.read_response()
+                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+                return connection.read_response()
+        except (redis.exceptions.MovedError, redis.exceptions.AskError, redis.ConnectionError):
+            connection.disconnect()
+            connections[1].pop(node.name, None)
+            self._refresh_slots()
+            raise
+        except redis.exceptions.ResponseError:
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+
+    def _refresh_slots(self) -> None:
+        """Re-read the cluster's slot map, at most once per second per process."""
+        now = time.monotonic()
+        if now - getattr(self, "_refreshed_at", 0.0) < 1.0:
+            return
+        self._refreshed_at = now
+        # No seed answers: the next refresh tries again.
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            self.client.nodes_manager.initialize()
 
     def delete(self, keys: Sequence[str]) -> int:
         """Empty the given buckets' history (an operator's reset); returns how many existed."""
