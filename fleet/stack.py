@@ -271,6 +271,22 @@ class Fleet:
             timeout=60,
         )
         wait_for(self.cluster_ok, timeout=30, what="Redis Cluster state ok")
+        # A replica that never finished its first sync cannot be promoted.
+        wait_for(self.replicas_in_sync, timeout=30, what="Redis Cluster replicas in sync")
+
+    def replicas_in_sync(self) -> bool:
+        """Three live replicas, each with its link to its master up."""
+        synced = 0
+        for port in self.cluster_ports:
+            proc = self.proc_on(port)
+            if proc is None or not proc.alive:
+                continue
+            info = _redis(port).info("replication")
+            if info.get("role") == "slave":
+                if info.get("master_link_status") != "up":
+                    return False
+                synced += 1
+        return synced == 3
 
     def cluster_ok(self) -> bool:
         """Every live node says cluster_state:ok and three masters serve the slots."""
