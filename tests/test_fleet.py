@@ -265,7 +265,7 @@ def test_the_timeouts_fire_through_pgbouncer_in_transaction_pooling(fleet):
     assert figures["background"] == {("15s", "1s", "5s")}
 
 
-def test_exactly_one_beat_schedules(fleet):
+def test_exactly_one_beat_schedules_and_a_standby_takes_over(fleet):
     def roles() -> tuple[int, int]:
         logs = [fleet.procs[f"beat-{i}"].log_path.read_text(errors="replace") for i in (1, 2)]
         active = sum("beat lock taken: scheduling" in text for text in logs)
@@ -274,6 +274,21 @@ def test_exactly_one_beat_schedules(fleet):
 
     wait_for(lambda: roles() == (1, 1), timeout=30, what="one beat active, one standing by")
     print(f"\nbeats: {roles()[0]} scheduling, {roles()[1]} standing by")
+
+    def active(index: int) -> bool:
+        log = fleet.procs[f"beat-{index}"].log_path.read_text(errors="replace")
+        return "beat lock taken: scheduling" in log
+
+    holder = 1 if active(1) else 2
+    standby = 3 - holder
+    fleet.procs[f"beat-{holder}"].kill()
+    killed = time.monotonic()
+    wait_for(lambda: active(standby), timeout=30, what="the standby beat takes over")
+    print(
+        f"beat-{holder} killed: beat-{standby} scheduling after "
+        f"{time.monotonic() - killed:.1f} s (lease {fleet.spec.env['BEAT_LOCK_LEASE_S']} s)"
+    )
+    fleet.procs[f"beat-{holder}"].start()
 
 
 def test_prometheus_discovers_every_node_from_the_files_make_fleet_writes(fleet):
