@@ -22,7 +22,7 @@ import redis
 from celery.beat import PersistentScheduler
 from django.conf import settings
 
-from resilience.breakers import _shared_state_redis
+from resilience.breaker_state import _shared_state_redis
 
 logger = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def test_the_limiter_keys_of_policies_decided_together_share_a_slot(cluster):
 def test_the_cache_and_the_breaker_state_work_on_the_cluster(cluster):
     from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
-    from resilience import breakers
+    from resilience import breaker_state
     from resilience.cache import ResilientRedisCache
 
     cache = ResilientRedisCache(cluster.redis_cluster_url, {"OPTIONS": {"socket_timeout": 0.25}})
@@ -105,13 +105,13 @@ def test_the_cache_and_the_breaker_state_work_on_the_cluster(cluster):
     with override_settings(
         RESILIENCE={**settings.RESILIENCE, "breaker_state_redis_url": cluster.redis_cluster_url}
     ):
-        breakers._state_client = None  # built again for the cluster
+        breaker_state._state_client = None  # built again for the cluster
         try:
-            client = breakers._shared_state_redis()
+            client = breaker_state._shared_state_redis()
             client.hset(f"resilience:breaker:cluster-{uuid.uuid4().hex}", "state", "open")
             assert client.ping()
         finally:
-            breakers._state_client = None
+            breaker_state._state_client = None
 
 
 def test_decisions_come_back_after_a_master_is_killed_and_its_replica_promoted(cluster):
