@@ -175,21 +175,25 @@ class RedisBucketStore:
             self._thread.connection = owned
         connection = owned[1]
         try:
-            try:
-                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                return connection.read_response()
-            except redis.exceptions.NoScriptError:
-                # A restarted or flushed Redis: load once, then run (still one decision).
-                connection.send_command("SCRIPT", "LOAD", LUA_SOURCE)
-                connection.read_response()
-                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                return connection.read_response()
+            return self._evalsha(connection, keys, args)
         except redis.exceptions.ResponseError:
             raise  # the reply was read in full: the connection is still in step
         except BaseException:
             # A timeout may leave a reply in flight: never reuse a connection out of step.
             connection.disconnect()
             raise
+
+    def _evalsha(self, connection: Any, keys: Sequence[str], args: Sequence[str]) -> bytes:
+        """``EVALSHA`` on ``connection``; a Redis that lost the script (restarted, flushed)
+        gets it loaded once, then runs it: still one decision."""
+        try:
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            connection.send_command("SCRIPT", "LOAD", LUA_SOURCE)
+            connection.read_response()
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
 
     def _run_script_on_cluster(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
         """``EVALSHA`` on the master of the keys' slot, on this thread's connection to it.
@@ -216,14 +220,7 @@ class RedisBucketStore:
             connection = pool.connection_class(**pool.connection_kwargs)
             connections[1][node.name] = connection
         try:
-            try:
-                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                return connection.read_response()
-            except redis.exceptions.NoScriptError:
-                connection.send_command("SCRIPT", "LOAD", LUA_SOURCE)
-                connection.read_response()
-                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                return connection.read_response()
+            return self._evalsha(connection, keys, args)
         except (redis.exceptions.MovedError, redis.exceptions.AskError, redis.ConnectionError):
             connection.disconnect()
             connections[1].pop(node.name, None)
