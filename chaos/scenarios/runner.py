@@ -35,6 +35,7 @@ from chaos.scenarios.traffic import (
 )
 
 STEADY_TIMEOUT_S = 60.0
+VERIFY_TIMEOUT_S = 60.0  # to find every confirmed order once the fault is healed
 MAX_IN_FLIGHT = 400  # client threads at most (collapse load against a stalled baseline)
 Log = Callable[[str], None]
 
@@ -373,16 +374,22 @@ def _verify_orders(ctx: RunContext) -> None:
     base = ctx.endpoints.base_url
     created = ctx.traffic.created_order_ids()
 
+    # A stack still draining its backlog (the baseline after a collapse) may answer 503 or
+    # nothing for a while: ask again until it says 200 or 404, within one shared bound.
+    verify_until = time.monotonic() + VERIFY_TIMEOUT_S
+
     def fetch(item: tuple[str, int]) -> tuple[str, int, str | None]:
         order_id, user = item
         answer = None
-        for _ in range(4):
+        wait_s = 0.25
+        while True:
             answer = request(
                 "GET", f"{base}/api/v1/orders/{order_id}", headers=ctx.users[user].auth
             )
-            if answer.status not in (0, 429, 503):
+            if answer.status not in (0, 429, 503) or time.monotonic() >= verify_until:
                 break
-            time.sleep(1.0)
+            time.sleep(wait_s)
+            wait_s = min(2.0, wait_s * 2)
         status = answer.body.get("status") if answer and answer.status == 200 else None
         return order_id, answer.status if answer else 0, status
 
