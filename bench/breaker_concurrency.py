@@ -36,9 +36,10 @@ def main() -> None:
 
     setup_django()
     from resilience.breakers import Breaker
+    from resilience.policies import BreakerPolicy
 
     plain = run(pybreaker.CircuitBreaker(fail_max=5))
-    ours = run(Breaker("bench", fail_max=5))
+    ours = run(Breaker("bench", BreakerPolicy(window="consecutive", fail_max=5)))
     print(f"{THREADS} threads x {CALL_S * 1000:.0f} ms call through one breaker")
     print(f"  pybreaker 1.4 CircuitBreaker: {plain:.2f} s")
     print(f"  resilience Breaker:           {ours:.2f} s  ({plain / ours:.1f}x faster)")
