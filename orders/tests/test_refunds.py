@@ -340,3 +340,55 @@ def test_pending_refunds_are_completed_by_a_real_worker_after_payments_recovers(
     assert payments.refund_stats()["refunds"] == 3
     assert OutboxEvent.objects.filter(type="order.refunded").count() == 3
     app.control.purge()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_rate_limits")
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_copies_with_one_key_make_one_refund(payments, user, wide_request_pool):
+    token = Token.objects.create(user=user).key
+    order_id = paid_order(client_with_token(token))
+    budget_ms = get_policy("payments").timeouts.request_budget_s * 1000
+    payments.set_faults(latency_ms=int(budget_ms / 3))  # keep the first copy in flight
+    key = str(uuid.uuid4())
+
+    def attempt(_: int):
+        response = refund(client_with_token(token), order_id, {"amount": 300}, key)
+        return response.status_code, response.get("Idempotent-Replayed"), response.json().get("id")
+
+    results = run_threads(12, attempt)
+    answers = Counter((status, replayed) for status, replayed, _ in results)
+    assert set(answers) <= {(201, None), (201, "true"), (409, None)}
+    assert answers[(201, None)] == 1
+    refund_row = Refund.objects.get()
+    assert {i for status, _, i in results if status == 201} == {str(refund_row.id)}
+    assert Order.objects.get(id=order_id).refunded_amount == 300
+    assert payments.refund_requests_by_key() == {str(refund_row.id): 1}
+
+
+@pytest.mark.django_db
+def test_a_sweep_claims_what_it_enqueues_and_releases_what_it_cannot_publish(
+    payments, auth_client, monkeypatch
+):
+    from orders import refund_tasks
+
+    order_id = paid_order(auth_client)
+    payments.set_faults(down=True)
+    for _ in range(2):
+        assert refund(auth_client, order_id, {"amount": 100}).status_code == 202
+    Refund.objects.update(next_attempt_at="2000-01-01T00:00Z")
+    published: list[str] = []
+    monkeypatch.setattr(refund_tasks.complete_pending_refund, "delay", published.append)
+    assert refund_tasks.sweep_pending_refunds() == 2
+    assert refund_tasks.sweep_pending_refunds() == 0  # claimed: not enqueued twice
+    assert sorted(published) == sorted(str(r.id) for r in Refund.objects.all())
+
+    Refund.objects.update(next_attempt_at="2000-01-01T00:00Z")
+
+    def broker_down(_refund_id):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(refund_tasks.complete_pending_refund, "delay", broker_down)
+    with pytest.raises(ConnectionError):
+        refund_tasks.sweep_pending_refunds()
+    assert refund_tasks.refunds_claim_due(limit=10)  # due again at once
