@@ -10,7 +10,7 @@ from django.db import connections
 from rest_framework.test import APIClient
 
 # Rate-limit fixtures: unique bucket keys per test (autouse), fake clock, own Redis.
-pytest_plugins = ["resilience.ratelimit.testing"]
+pytest_plugins = ["tests.ratelimit_support"]
 
 _emails = itertools.count()
 TEST_PASSWORD = "a-Long-enough-passphrase-1"  # noqa: S105 - a test fixture's password
@@ -48,7 +48,7 @@ def fresh_resilience():
     into the next.
     """
     from resilience import probes
-    from resilience.breakers import _shared_state_redis
+    from resilience.breaker_state import _shared_state_redis
     from resilience.registry import reset_all
 
     def wipe() -> None:

@@ -19,16 +19,20 @@ from accounts.serializers import (
 from common.errors import ErrorCode
 from common.schema import problems
 from resilience.concurrency import priority
-from resilience.ratelimit.throttles import LoginThrottle, SignupThrottle
+from resilience.problems import ProblemCode
+from resilience.ratelimit.throttles import throttle
+
+# The API login and the admin login draw from the same buckets (config/admin.py).
+LOGIN_POLICIES = ("login_ip", "login_username")
 
 
 @priority("normal")
 class SignupApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [SignupThrottle]
+    throttle_classes = [throttle("signup")]  # per client IP: slows mass account creation
 
-    @problems({400: [ErrorCode.INVALID], 409: [ErrorCode.EMAIL_TAKEN]})
+    @problems({400: [ProblemCode.INVALID], 409: [ErrorCode.EMAIL_TAKEN]})
     @extend_schema(
         request=CredentialsInputSerializer,
         responses={201: UserOutputSerializer},
@@ -59,7 +63,9 @@ class SignupApi(APIView):
 class LoginApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginThrottle]
+    # Per IP stops one source trying many accounts (credential stuffing); per username
+    # stops many sources trying one account. Every attempt counts, right or wrong.
+    throttle_classes = [throttle(*LOGIN_POLICIES)]
 
     @problems({401: [ErrorCode.INVALID_CREDENTIALS]})
     @extend_schema(

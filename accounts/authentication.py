@@ -21,7 +21,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
 from accounts.models import User
-from resilience.stale import DEPENDENCY_UNAVAILABLE
+from resilience.errors import DEGRADE_ON
 
 # Each process refreshes a token's cached copy at most this often: one Redis write per
 # token per minute, not one per request.
@@ -76,7 +76,7 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str):
         try:
             user, token = super().authenticate_credentials(key)
-        except DEPENDENCY_UNAVAILABLE:
+        except DEGRADE_ON:
             user = remembered_user(key)
             if user is None:
                 raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -11,8 +10,10 @@ from rest_framework.authtoken.models import Token
 
 from accounts.authentication import forget_token, token_expiry_cutoff
 from accounts.models import User, normalize_email
-from common.errors import ApplicationError, ConflictError, DependencyUnavailableError, ErrorCode
+from common.errors import ErrorCode
 from resilience.db_routing import current_alias
+from resilience.errors import DependencyUnavailableError
+from resilience.problems import ConflictError, ProblemCode, ProblemError
 
 
 class EmailTakenError(ConflictError):
@@ -20,14 +21,14 @@ class EmailTakenError(ConflictError):
     title = "Email already registered"
 
 
-class InvalidCredentialsError(ApplicationError):
+class InvalidCredentialsError(ProblemError):
     status = 401
     code = ErrorCode.INVALID_CREDENTIALS
     title = "Invalid credentials"
 
 
-class WeakPasswordError(ApplicationError):
-    code = ErrorCode.INVALID
+class WeakPasswordError(ProblemError):
+    code = ProblemCode.INVALID
     title = "The request has invalid fields."
 
     def __init__(self, messages: list[str]) -> None:
@@ -67,9 +68,7 @@ def auth_login(*, email: str, password: str) -> Token:
 def auth_logout(*, token: Token | None) -> None:
     """Revoke the token used for this request (and its outage copy in Redis)."""
     if token is None:  # authenticated from the outage copy: Postgres is down
-        raise DependencyUnavailableError(
-            "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
-        )
+        raise DependencyUnavailableError("postgres")
     forget_token(token.key)
     Token.objects.filter(pk=token.pk).delete()
 

@@ -8,6 +8,6 @@ class CommonConfig(AppConfig):
         from django.core.signals import request_finished
 
         from common import checks  # noqa: F401  (registers the system checks)
-        from common.request_context import clear_request_id
+        from resilience.request_id import clear_request_id
 
         request_finished.connect(clear_request_id, dispatch_uid="common.clear_request_id")

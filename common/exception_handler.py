@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
@@ -16,19 +14,16 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from common.errors import (
+from resilience.errors import as_refusal
+from resilience.problems import (
     PROBLEM_CONTENT_TYPE,
-    ApplicationError,
-    DependencyUnavailableError,
-    ErrorCode,
+    ProblemCode,
+    ProblemError,
+    error_body,
     problem_body,
 )
-from common.request_context import current_request_id
-from resilience.breakers import BreakerOpenError
-from resilience.bulkhead import BulkheadFullError
-from resilience.deadline import DeadlineExceededError
 from resilience.ratelimit.business import ratelimited_to_problem
-from resilience.ssrf import ResolutionTimeoutError
+from resilience.request_id import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +32,17 @@ def _database_unavailable(exc: Exception) -> Exception:
     # Connection refused, pool timeout, statement timeout: the database cannot serve
     # this request now. Fail fast with a hint instead of a 500.
     logger.warning("database unavailable", extra={"error": type(exc).__name__})
-    return DependencyUnavailableError(
-        "postgres", retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
-    )
+    return as_refusal(exc)
 
 
-# Django, database and resilience exceptions mapped onto DRF or domain ones. Order
-# matters: Ratelimited is a PermissionDenied subclass and must answer 429, never 403.
+# Django and database exceptions mapped onto DRF or problem ones (every refusal of
+# resilience.errors is a ProblemError already). Order matters: Ratelimited is a
+# PermissionDenied subclass and must answer 429, never 403.
 _TRANSLATIONS: list[tuple[type | tuple[type, ...], Callable[[Any], Exception]]] = [
     (Http404, lambda _: drf.NotFound()),
     (Ratelimited, ratelimited_to_problem),
     (PermissionDenied, lambda _: drf.PermissionDenied()),
     (RequestDataTooBig, lambda _: _BodyTooLarge()),
-    (
-        BreakerOpenError,
-        lambda exc: DependencyUnavailableError(
-            exc.dependency, retry_after=_whole_seconds(exc.retry_after_s)
-        ),
-    ),
-    (
-        (BulkheadFullError, DeadlineExceededError, ResolutionTimeoutError),
-        lambda exc: DependencyUnavailableError(
-            exc.dependency, retry_after=settings.API_UNAVAILABLE_RETRY_AFTER_S
-        ),
-    ),
     ((OperationalError, InterfaceError), _database_unavailable),
 ]
 
@@ -73,22 +55,17 @@ def translate_exception(exc: Exception) -> Exception:
     return exc
 
 
-def _whole_seconds(seconds: float) -> int:
-    """``Retry-After`` is whole seconds, never 0 (a client must not retry at once)."""
-    return max(1, math.ceil(seconds))
-
-
 class _BodyTooLarge(drf.APIException):
     status_code = 413
     default_detail = "The request body is too large."
-    default_code = ErrorCode.BODY_TOO_LARGE
+    default_code = ProblemCode.BODY_TOO_LARGE
 
 
 def _drf_problem(exc: drf.APIException) -> tuple[dict[str, Any], dict[str, str]]:
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     if isinstance(exc, drf.ValidationError):
-        code, detail = ErrorCode.INVALID, "The request has invalid fields."
+        code, detail = ProblemCode.INVALID, "The request has invalid fields."
         extra["errors"] = (
             exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         )
@@ -106,18 +83,16 @@ def _drf_problem(exc: drf.APIException) -> tuple[dict[str, Any], dict[str, str]]
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render ``exc`` as problem+json; return None (a 500) only for unexpected errors."""
     exc = translate_exception(exc)
-    if isinstance(exc, ApplicationError):
-        body = problem_body(
-            status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, extra=exc.extra
-        )
-        headers = exc.headers
+    request = context.get("request")
+    instance = request.path if request is not None else None
+    if isinstance(exc, ProblemError):
+        body, headers = error_body(exc, instance=instance), exc.headers
     elif isinstance(exc, drf.APIException):
         body, headers = _drf_problem(exc)
+        if instance:
+            body["instance"] = instance
+        body["request_id"] = current_request_id()
     else:
         return None
-    request = context.get("request")
-    if request is not None:
-        body["instance"] = request.path
-    body["request_id"] = current_request_id()
     set_rollback()
     return Response(body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE)

@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from common.request_context import current_request_id
+from resilience.request_id import current_request_id
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}

@@ -33,7 +33,7 @@ STATE_METRIC = "resilience_breaker_state"
 
 def _shared_states(names: set[str]) -> dict[str, int]:
     """The Redis-held state value of each shared breaker among ``names`` (none on error)."""
-    from resilience.breakers import STATE_VALUES, SharedStateStorage, _shared_state_redis
+    from resilience.breaker_state import STATE_VALUES, SharedStateStorage, _shared_state_redis
     from resilience.policies import all_policies, get_policy
 
     candidates = set(names)

@@ -7,9 +7,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from common.errors import ErrorCode
-from common.request_context import bind_request_id
-from common.responses import problem_response
+from resilience.problems import ProblemCode, problem_response
+from resilience.request_id import bind_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -51,7 +50,7 @@ class BodySizeLimitMiddleware:
             return problem_response(
                 request,
                 status=400,
-                code=ErrorCode.INVALID_CONTENT_LENGTH,
+                code=ProblemCode.INVALID_CONTENT_LENGTH,
                 detail="Content-Length must be a non-negative integer.",
             )
         limit = settings.API_MAX_BODY_BYTES
@@ -59,7 +58,7 @@ class BodySizeLimitMiddleware:
             return problem_response(
                 request,
                 status=413,
-                code=ErrorCode.BODY_TOO_LARGE,
+                code=ProblemCode.BODY_TOO_LARGE,
                 detail=f"The request body exceeds the limit of {limit} bytes.",
                 extra={"max_bytes": limit},
             )

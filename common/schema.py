@@ -4,7 +4,7 @@ drf-spectacular documents what the views declare; this ``AutoSchema`` adds what 
 operation can answer besides its success, derived from the same code that answers it:
 
 - one reusable ``Problem`` component (RFC 9457 members plus ``code``, ``errors`` and
-  ``request_id``) whose ``code`` lists :class:`common.errors.ErrorCode`;
+  ``request_id``) whose ``code`` lists :data:`common.errors.ERROR_CODES`;
 - per operation, each error status it can really give, as ``application/problem+json``,
   with the codes that status carries: from its authentication, request body, query
   serializer, path parameters, pagination, idempotency, throttles (fail-closed ones give
@@ -32,9 +32,10 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 
-from common.errors import PROBLEM_CONTENT_TYPE, ErrorCode
+from common.errors import ERROR_CODES
+from resilience.problems import PROBLEM_CONTENT_TYPE, ProblemCode
 
-E = ErrorCode
+E = ProblemCode
 PROBLEM_COMPONENT = "Problem"
 _PROBLEM_REF = {"$ref": f"#/components/schemas/{PROBLEM_COMPONENT}"}
 _PROBLEMS_ATTR = "_documented_problems"
@@ -75,7 +76,7 @@ def problem_schema() -> dict[str, Any]:
             "instance": {"type": "string", "description": "The request path."},
             "code": {
                 "type": "string",
-                "enum": [code.value for code in ErrorCode],
+                "enum": list(ERROR_CODES),
                 "description": "Stable machine-readable error code.",
             },
             "errors": {
@@ -97,7 +98,7 @@ def problem_schema() -> dict[str, Any]:
     }
 
 
-def problems(extra: Mapping[int, Iterable[ErrorCode]]) -> Callable[[Any], Any]:
+def problems(extra: Mapping[int, Iterable[str]]) -> Callable[[Any], Any]:
     """Declare the domain error codes a view method can answer, by status.
 
     Apply it outermost (above ``extend_schema``); the generic ones (auth, body, path,
@@ -105,7 +106,7 @@ def problems(extra: Mapping[int, Iterable[ErrorCode]]) -> Callable[[Any], Any]:
     """
 
     def decorate(method: Any) -> Any:
-        documented: dict[int, list[ErrorCode]] = dict(getattr(method, _PROBLEMS_ATTR, {}))
+        documented: dict[int, list[str]] = dict(getattr(method, _PROBLEMS_ATTR, {}))
         for status, codes in extra.items():
             documented[status] = [*documented.get(status, []), *codes]
         setattr(method, _PROBLEMS_ATTR, documented)
@@ -201,9 +202,9 @@ class ProblemAutoSchema(AutoSchema):
                     return True
         return False
 
-    def error_codes(self) -> dict[int, list[ErrorCode]]:
+    def error_codes(self) -> dict[int, list[str]]:
         """Each error status this operation can answer, with the codes it carries."""
-        codes: dict[int, list[ErrorCode]] = defaultdict(list)
+        codes: dict[int, list[str]] = defaultdict(list)
         # Every /api/ request: the body-size guard, content negotiation, the flood limit,
         # and a database or breaker that cannot serve now.
         codes[400].append(E.INVALID_CONTENT_LENGTH)

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import signals
 
-from common.request_context import (
+from resilience.request_id import (
     bind_request_id,
     clear_request_id,
     current_request_id,

@@ -12,8 +12,8 @@ from django.core.cache import cache
 from django.db import connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from common.errors import DependencyUnavailableError, ErrorCode
-from common.responses import application_error_response, problem_response
+from resilience.errors import Refusal
+from resilience.problems import ProblemCode, error_response, problem_response
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -93,16 +93,16 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=400, code=ErrorCode.BAD_REQUEST)
+    return problem_response(request, status=400, code=ProblemCode.BAD_REQUEST)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return problem_response(request, status=403, code=ErrorCode.PERMISSION_DENIED)
+    return problem_response(request, status=403, code=ProblemCode.PERMISSION_DENIED)
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     return problem_response(
-        request, status=404, code=ErrorCode.NOT_FOUND, detail="No such resource."
+        request, status=404, code=ProblemCode.NOT_FOUND, detail="No such resource."
     )
 
 
@@ -117,9 +117,9 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
     exc = sys.exc_info()[1]
     translated = translate_exception(exc) if isinstance(exc, Exception) else exc
-    if isinstance(translated, DependencyUnavailableError):
-        return application_error_response(request, translated)
-    return problem_response(request, status=500, code=ErrorCode.SERVER_ERROR)
+    if isinstance(translated, Refusal):
+        return error_response(request, translated)
+    return problem_response(request, status=500, code=ProblemCode.SERVER_ERROR)
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

@@ -7,9 +7,12 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
+from accounts.apis import LOGIN_POLICIES
 from resilience.ratelimit.limiter import check_request, normalize_username
 from resilience.ratelimit.middleware import refusal_response
-from resilience.ratelimit.throttles import LoginThrottle
+from resilience.ratelimit.throttles import declare_policies
+
+declare_policies(LOGIN_POLICIES)
 
 
 class RateLimitedAdminSite(admin.AdminSite):
@@ -26,7 +29,7 @@ class RateLimitedAdminSite(admin.AdminSite):
         if request.method == "POST":
             # Django's login form calls the account's email "username".
             submitted = normalize_username(request.POST.get("username"))
-            decision = check_request(request, LoginThrottle.policies, username=submitted)
+            decision = check_request(request, LOGIN_POLICIES, username=submitted)
             if not decision.allowed:
                 return refusal_response(request, decision)
         return super().login(request, extra_context)

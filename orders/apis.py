@@ -22,7 +22,7 @@ from orders.serializers import (
 )
 from resilience.concurrency import priority
 from resilience.idempotency import idempotent
-from resilience.ratelimit.throttles import OrderCreateThrottle, OrderReportThrottle
+from resilience.ratelimit.throttles import throttle
 from resilience.stale import DEGRADED_HEADER, read_through
 
 ORDER_CREATE_SCOPE = "orders.create"
@@ -70,7 +70,7 @@ STALE_HEADERS = [
 
 @priority("normal", POST="critical")
 class OrderListCreateApi(APIView):
-    throttle_classes = [OrderCreateThrottle]  # POST only
+    throttle_classes = [throttle("orders_create", methods={"POST"})]  # listing is not limited
     pagination_class = BoundedPageNumberPagination  # GET: documents the envelope
 
     @extend_schema(
@@ -151,7 +151,7 @@ class OrderDetailApi(APIView):
 
 @priority("best_effort")
 class OrderReportApi(APIView):
-    throttle_classes = [OrderReportThrottle]
+    throttle_classes = [throttle("orders_report")]  # the expensive report, tight
 
     @extend_schema(
         parameters=[OrderReportInputSerializer, *STALE_HEADERS],

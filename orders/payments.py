@@ -9,22 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import requests
+from resilience.http import client
+from resilience.policies import uses_dependency
 
-from resilience.breakers import BreakerOpenError
-from resilience.bulkhead import BulkheadFullError
-from resilience.deadline import DeadlineExceededError
-from resilience.http import DownstreamHTTPError, client
-
-# Every way the provider can be unavailable to us right now; the order is then accepted
-# as `pending_payment` and authorised later.
-PAYMENTS_UNAVAILABLE = (
-    BreakerOpenError,
-    BulkheadFullError,
-    DeadlineExceededError,
-    DownstreamHTTPError,
-    requests.RequestException,
-)
+PAYMENTS = uses_dependency("payments")
 
 
 class PaymentDeclinedError(Exception):
@@ -48,8 +36,12 @@ def payment_idempotency_key(order_id: object) -> str:
 def payments_authorize(
     *, order_id: object, amount: int, currency: str, retry: bool = True
 ) -> Authorization:
-    """Authorise ``amount`` for the order; raise one of ``PAYMENTS_UNAVAILABLE`` or declined."""
-    response = client("payments").request(
+    """Authorise ``amount`` for the order.
+
+    Raises :class:`PaymentDeclinedError`, or a :class:`resilience.errors.Refusal` when
+    the provider cannot be asked now (the order is then accepted as ``pending_payment``).
+    """
+    response = client(PAYMENTS).request(
         "POST",
         "/authorizations",
         json={"order_id": str(order_id), "amount": amount, "currency": currency},

@@ -9,8 +9,8 @@ from django.db.models import Count, Min, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from common.errors import NotFoundError
 from orders.models import Order, OrderStatus
+from resilience.problems import NotFoundError
 
 
 def order_list(*, owner: Any) -> QuerySet[Order]:

@@ -24,12 +24,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from common.errors import ConflictError
 from orders.models import ORDER_TRANSITIONS, Order, OrderItem, OrderStatus
-from orders.payments import PAYMENTS_UNAVAILABLE, PaymentDeclinedError, payments_authorize
+from orders.payments import PaymentDeclinedError, payments_authorize
 from resilience import metrics
-from resilience.calls import REFUSALS
 from resilience.db_routing import current_alias
+from resilience.errors import PolicyRefusal, Refusal
+from resilience.problems import ConflictError
 from webhooks.services import outbox_emit
 
 logger = logging.getLogger(__name__)
@@ -146,10 +146,10 @@ def _authorize(order: Order, *, retry: bool) -> tuple[str, dict[str, Any]]:
     except PaymentDeclinedError as exc:
         logger.info("payment declined", extra={"order_id": str(order.id), "status": exc.status})
         return OrderStatus.FAILED, {}
-    except PAYMENTS_UNAVAILABLE as exc:
+    except Refusal as exc:  # payments cannot be asked now: accepted as pending_payment
         fields = {"reason": type(exc).__name__}
-        if isinstance(exc, REFUSALS):  # our own "not now": payments was not even called
-            fields["refused_for_s"] = getattr(exc, "retry_after_s", None) or 0.0
+        if isinstance(exc, PolicyRefusal):  # our own "not now": payments was not even called
+            fields["refused_for_s"] = exc.retry_after_s or 0.0
         return OrderStatus.PENDING_PAYMENT, fields
     return OrderStatus.PAID, {"payment_authorization_id": authorization.id}
 

@@ -29,19 +29,13 @@ from contextlib import contextmanager
 import redis
 from redis.commands.core import Script
 
-from resilience import deadline, metrics
-from resilience.breakers import BreakerOpenError, _shared_state_redis, breaker
+from resilience import deadline, metrics, registry
+from resilience.breaker_state import _shared_state_redis
+from resilience.breakers import breaker
+from resilience.errors import BreakerOpenError, BulkheadFullError
 from resilience.policies import BulkheadPolicy, get_policy
 
 logger = logging.getLogger(__name__)
-
-
-class BulkheadFullError(Exception):
-    """Every slot of the dependency's bulkhead is taken; the call was not made."""
-
-    def __init__(self, dependency: str) -> None:
-        self.dependency = dependency
-        super().__init__(f"bulkhead for {dependency} is full")
 
 
 class Bulkhead:
@@ -161,23 +155,10 @@ def _default_lease_s(dependency: str) -> float:
     return timeouts.connect_s + (timeouts.read_s or 0.0) + 5.0
 
 
-_bulkheads: dict[str, Bulkhead] = {}
-_lock = threading.Lock()
-
-
 def bulkhead(dependency: str) -> Bulkhead | None:
     """The bulkhead of ``dependency`` in this process, or None when it has none."""
-    with _lock:
-        if dependency not in _bulkheads:
-            policy = get_policy(dependency).bulkhead
-            if policy is None:
-                return None
-            kind = FleetBulkhead if policy.scope == "fleet" else Bulkhead
-            _bulkheads[dependency] = kind(dependency, policy)
-        return _bulkheads[dependency]
-
-
-def reset_bulkheads() -> None:
-    """Forget every bulkhead (tests change the policies)."""
-    with _lock:
-        _bulkheads.clear()
+    policy = get_policy(dependency).bulkhead
+    if policy is None:
+        return None
+    kind = FleetBulkhead if policy.scope == "fleet" else Bulkhead
+    return registry.live(registry.BULKHEAD, dependency, lambda: kind(dependency, policy))

@@ -24,15 +24,13 @@ from typing import TypeVar
 from django.conf import settings
 
 from resilience import deadline, metrics
-from resilience.breakers import BreakerOpenError, breaker
-from resilience.bulkhead import BulkheadFullError, bulkhead
+from resilience.breakers import breaker
+from resilience.bulkhead import bulkhead
+from resilience.errors import PolicyRefusal
 from resilience.policies import TimeoutPolicy, get_policy
 from resilience.retry import call_with_retry
 
 T = TypeVar("T")
-
-# Refusals decided by our own patterns: never retried.
-REFUSALS = (BreakerOpenError, BulkheadFullError, deadline.DeadlineExceededError)
 
 
 def clipped(timeouts: TimeoutPolicy) -> TimeoutPolicy:
@@ -45,7 +43,7 @@ def clipped(timeouts: TimeoutPolicy) -> TimeoutPolicy:
 
 
 def _outcome(exc: BaseException) -> str:
-    if isinstance(exc, REFUSALS):
+    if isinstance(exc, PolicyRefusal):
         return "refused"
     return "error"
 
@@ -136,7 +134,7 @@ def _call(
                 policy.retry,
                 one_attempt,
                 retryable=lambda exc: (
-                    not isinstance(exc, REFUSALS)
+                    not isinstance(exc, PolicyRefusal)
                     and retryable(exc, on_request_path=on_request_path)
                 ),
                 sleep=sleep,

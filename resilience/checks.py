@@ -8,7 +8,12 @@ import math
 from django.conf import settings
 from django.core.checks import Error, register
 
-from resilience.policies import DependencyPolicy, PolicyError, build_policy
+from resilience.policies import (
+    DependencyPolicy,
+    PolicyError,
+    build_dependency_policy,
+    declared_dependencies,
+)
 
 TOP_LEVEL_KEYS = {
     "request_deadline_s",
@@ -19,7 +24,14 @@ TOP_LEVEL_KEYS = {
     "process_concurrency",
     "bulkhead_reserved_share",
 }
-REQUIRED_DEPENDENCIES = {"postgres", "redis", "payments", "webhook"}
+
+
+def _dependencies_named_in_code() -> frozenset[str]:
+    """The library's own and what the apps declared (importing the URL conf loads them)."""
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - loads the views and the services they use
+    return declared_dependencies()
 
 
 @register()
@@ -40,13 +52,13 @@ def check_resilience_settings(app_configs, **kwargs) -> list[Error]:
         )
     dependencies = config.get("dependencies", {})
     errors += [
-        Error(f"RESILIENCE has no policy for {name!r}.", id="resilience.E004")
-        for name in sorted(REQUIRED_DEPENDENCIES - set(dependencies))
+        Error(f"RESILIENCE has no policy for {name!r}, which the code calls.", id="resilience.E004")
+        for name in sorted(_dependencies_named_in_code() - set(dependencies))
     ]
     policies = []
     for name, raw in dependencies.items():
         try:
-            policies.append(build_policy(name, raw))
+            policies.append(build_dependency_policy(name, raw))
         except PolicyError as exc:
             errors.append(Error(f"RESILIENCE dependency {exc}", id="resilience.E005"))
     return errors + bulkhead_sizing_errors(

@@ -42,8 +42,10 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from resilience import metrics
+from resilience import metrics, registry
 from resilience.calls import count_dependency_wait, stop_counting_dependency_wait
+from resilience.errors import OverloadedError
+from resilience.problems import error_response
 
 PRIORITIES = ("critical", "normal", "best_effort")  # highest first
 SHED_REASONS = ("limit", "priority", "queue_time")
@@ -109,36 +111,35 @@ class Config:
     retry_after_jitter_s: float
 
 
-_config: Config | None = None
-
-
 def config() -> Config:
-    global _config  # noqa: PLW0603 - built once per process from settings
-    if _config is None:
-        raw = settings.RESILIENCE_CONCURRENCY
-        gradient = raw["gradient"]
-        classes = raw["priorities"]
-        _config = Config(
-            enabled=raw["enabled"] and settings.RESILIENCE_ENABLED,
-            mode=raw["mode"],
-            initial_limit=raw["initial_limit"],
-            min_limit=raw["min_limit"],
-            max_limit=raw["max_limit"],
-            static_limit=raw["static_limit"],
-            tolerance=gradient["tolerance"],
-            smoothing=gradient["smoothing"],
-            window_s=gradient["window_s"],
-            min_window_samples=gradient["min_window_samples"],
-            long_window_samples=gradient["long_window_samples"],
-            queue_size=gradient["queue_size"],
-            shares={name: classes[name]["share"] for name in PRIORITIES},
-            queue_budgets_s={name: classes[name]["queue_budget_s"] for name in PRIORITIES},
-            default_priority=raw["default_priority"],
-            exempt_paths=tuple(raw["exempt_paths"]),
-            retry_after_s=raw["retry_after_s"],
-            retry_after_jitter_s=raw["retry_after_jitter_s"],
-        )
-    return _config
+    """The limiter's configuration, built once per process from settings."""
+    return registry.live(registry.CONCURRENCY, "config", _build_config)
+
+
+def _build_config() -> Config:
+    raw = settings.RESILIENCE_CONCURRENCY
+    gradient = raw["gradient"]
+    classes = raw["priorities"]
+    return Config(
+        enabled=raw["enabled"] and settings.RESILIENCE_ENABLED,
+        mode=raw["mode"],
+        initial_limit=raw["initial_limit"],
+        min_limit=raw["min_limit"],
+        max_limit=raw["max_limit"],
+        static_limit=raw["static_limit"],
+        tolerance=gradient["tolerance"],
+        smoothing=gradient["smoothing"],
+        window_s=gradient["window_s"],
+        min_window_samples=gradient["min_window_samples"],
+        long_window_samples=gradient["long_window_samples"],
+        queue_size=gradient["queue_size"],
+        shares={name: classes[name]["share"] for name in PRIORITIES},
+        queue_budgets_s={name: classes[name]["queue_budget_s"] for name in PRIORITIES},
+        default_priority=raw["default_priority"],
+        exempt_paths=tuple(raw["exempt_paths"]),
+        retry_after_s=raw["retry_after_s"],
+        retry_after_jitter_s=raw["retry_after_jitter_s"],
+    )
 
 
 # --- The adaptive limit -----------------------------------------------------------------
@@ -198,7 +199,7 @@ class Gradient2Limit:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class ShedDecision:
     reason: str  # limit | priority | queue_time
     priority: str
 
@@ -221,13 +222,13 @@ class ConcurrencyLimiter:
     def _guaranteed(self, level: str, limit: int) -> int:
         return max(1, math.floor(limit * self.cfg.shares[level]))
 
-    def try_acquire(self, level: str) -> Refusal | None:
+    def try_acquire(self, level: str) -> ShedDecision | None:
         """Take a slot for a request of class ``level``, or say why not."""
         with self._lock:
             limit = self.limit
             total = sum(self.in_flight.values())
             if total >= limit:
-                return Refusal("limit", level)
+                return ShedDecision("limit", level)
             if self.in_flight[level] >= self._guaranteed(level, limit):
                 # Borrowing: leave free the slots higher classes are owed and not using.
                 owed = sum(
@@ -235,7 +236,7 @@ class ConcurrencyLimiter:
                     for higher in PRIORITIES[: PRIORITIES.index(level)]
                 )
                 if limit - total - owed <= 0:
-                    return Refusal("priority", level)
+                    return ShedDecision("priority", level)
             self.in_flight[level] += 1
             return None
 
@@ -247,25 +248,14 @@ class ConcurrencyLimiter:
                 self.gradient.sample(rtt_s)
 
 
-_limiter: ConcurrencyLimiter | None = None
-_limiter_lock = threading.Lock()
-
-
 def limiter() -> ConcurrencyLimiter:
     """This process's limiter (built on first use)."""
-    global _limiter  # noqa: PLW0603 - one per process
-    with _limiter_lock:
-        if _limiter is None:
-            _limiter = ConcurrencyLimiter(config())
-        return _limiter
+    return registry.live(registry.CONCURRENCY, "limiter", lambda: ConcurrencyLimiter(config()))
 
 
 def reset() -> None:
     """Forget the configuration and the limiter (tests change the settings)."""
-    global _config, _limiter  # noqa: PLW0603
-    with _limiter_lock:
-        _config = None
-        _limiter = None
+    registry.forget(registry.CONCURRENCY)
 
 
 # --- Queue time -------------------------------------------------------------------------
@@ -329,7 +319,7 @@ class ConcurrencyLimitMiddleware:
         level = priority_of(view_func, request.method or "GET")
         waited = queue_wait_s(request)
         if waited is not None and waited > cfg.queue_budgets_s[level]:
-            return shed(request, Refusal("queue_time", level))
+            return shed(request, ShedDecision("queue_time", level))
         refusal = limiter().try_acquire(level)
         if refusal is not None:
             return shed(request, refusal)
@@ -347,21 +337,13 @@ def _export(state: ConcurrencyLimiter) -> None:
         metrics.CONCURRENCY_RTT.labels("long").set(state.gradient.long_rtt or 0.0)
 
 
-def shed(request: HttpRequest, refusal: Refusal) -> HttpResponse:
+def shed(request: HttpRequest, decision: ShedDecision) -> HttpResponse:
     """The documented answer to a shed request: 503 ``overloaded``, jittered Retry-After."""
-    from common.errors import ErrorCode
-    from common.responses import problem_response
-
     cfg = config()
-    metrics.CONCURRENCY_SHED.labels(refusal.priority, refusal.reason).inc()
+    metrics.CONCURRENCY_SHED.labels(decision.priority, decision.reason).inc()
     # Whole seconds (RFC 9110), spread so shed clients do not all come back together.
     retry_after = math.ceil(cfg.retry_after_s + random.uniform(0, cfg.retry_after_jitter_s))  # noqa: S311
-    return problem_response(
-        request,
-        status=503,
-        code=ErrorCode.OVERLOADED,
-        title="Service overloaded",
-        detail="The service is at capacity; retry after the delay in Retry-After.",
-        headers={"Retry-After": str(retry_after)},
-        extra={"priority": refusal.priority, "reason": refusal.reason},
+    error = OverloadedError(
+        priority=decision.priority, reason=decision.reason, retry_after_s=retry_after
     )
+    return error_response(request, error)

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from resilience.errors import DeadlineExceededError
+
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 # True while a user request is being served (set by the middleware). Calls made on the
 # request path spend at most their dependency's latency budget and never retry a read
@@ -23,14 +25,6 @@ _request_path: contextvars.ContextVar[bool] = contextvars.ContextVar("request_pa
 
 # Below this many seconds an attempt cannot do useful work: treat the budget as spent.
 MIN_USEFUL_S = 0.005
-
-
-class DeadlineExceededError(TimeoutError):
-    """The request's time budget is spent; no further dependency calls are started."""
-
-    def __init__(self, dependency: str) -> None:
-        self.dependency = dependency
-        super().__init__(f"request deadline passed before calling {dependency}")
 
 
 def remaining() -> float | None:

@@ -19,12 +19,16 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from common.request_context import current_request_id
+from resilience import registry
 from resilience.calls import call
 from resilience.db import release_idle_connections
+from resilience.errors import DependencyUnavailableError, DownstreamHTTPError
 from resilience.policies import TimeoutPolicy, get_policy
+from resilience.request_id import current_request_id
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# The dependency could not be reached or did not answer in time.
+UNREACHABLE = (requests.ConnectionError, requests.Timeout)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
@@ -44,22 +48,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-class DownstreamHTTPError(Exception):
-    """The dependency answered with a status that means "failed" (5xx or 429)."""
-
-    def __init__(self, dependency: str, response: requests.Response) -> None:
-        self.dependency = dependency
-        self.response = response
-        self.status = response.status_code
-        self.retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
-        super().__init__(f"{dependency} answered {self.status}")
-
-
 def is_downstream_failure(exc: BaseException) -> bool:
     """What the breaker counts: server errors, throttling, no connection, timeouts."""
     if isinstance(exc, DownstreamHTTPError):
-        return exc.status >= 500 or exc.status == 429
-    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+        return exc.downstream_status >= 500 or exc.downstream_status == 429
+    return isinstance(exc, UNREACHABLE)
 
 
 def is_retryable(exc: BaseException, *, on_request_path: bool = False) -> bool:
@@ -72,7 +65,7 @@ def is_retryable(exc: BaseException, *, on_request_path: bool = False) -> bool:
     ``Retry-After`` may still be retried within the latency budget.
     """
     if isinstance(exc, DownstreamHTTPError):
-        return exc.status in RETRYABLE_STATUSES
+        return exc.downstream_status in RETRYABLE_STATUSES
     if on_request_path and isinstance(exc, requests.ReadTimeout):
         return False
     return isinstance(exc, requests.ConnectionError | requests.Timeout)
@@ -155,38 +148,41 @@ class ResilientSession:
                 **kwargs,
             )
             if response.status_code >= 500 or response.status_code == 429:
-                raise DownstreamHTTPError(self.dependency, response)
+                raise DownstreamHTTPError(
+                    self.dependency,
+                    response,
+                    retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+                )
             return response
 
         # Never hold a pooled database connection while waiting on this dependency.
         release_idle_connections()
-        return call(
-            self.dependency,
-            attempt,
-            retryable=is_retryable if retry else None,
-            idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
-            sleep=self._sleep,
-        )
-
-
-_clients: dict[str, ResilientSession] = {}
-_clients_lock = threading.Lock()
+        try:
+            return call(
+                self.dependency,
+                attempt,
+                retryable=is_retryable if retry else None,
+                idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
+                sleep=self._sleep,
+            )
+        except UNREACHABLE as exc:
+            # What escapes the policies is a refusal like every other "not now"; the
+            # cause (``__cause__``) says what failed.
+            raise DependencyUnavailableError(
+                self.dependency,
+                detail=f"{self.dependency} could not be reached ({type(exc).__name__}).",
+            ) from exc
 
 
 def client(
     dependency: str, *, session_factory: Callable[[int], requests.Session] | None = None
 ) -> ResilientSession:
     """The shared resilient session of ``dependency`` (``session_factory`` on first build)."""
-    with _clients_lock:
-        if dependency not in _clients:
-            _clients[dependency] = ResilientSession(dependency, session_factory=session_factory)
-        return _clients[dependency]
-
-
-def reset_clients() -> None:
-    """Forget built clients (tests change the policies)."""
-    with _clients_lock:
-        _clients.clear()
+    return registry.live(
+        registry.CLIENT,
+        dependency,
+        lambda: ResilientSession(dependency, session_factory=session_factory),
+    )
 
 
 def probe_status(dependency: str, path: str = "/healthz") -> int:

@@ -61,9 +61,9 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.utils.encoders import JSONEncoder
 
-from common.errors import ApplicationError, ConflictError, ErrorCode, UnprocessableError
 from resilience.db_routing import current_alias
 from resilience.models import IdempotencyRecord
+from resilience.problems import ConflictError, ProblemCode, ProblemError, UnprocessableError
 
 logger = logging.getLogger(__name__)
 
@@ -137,23 +137,23 @@ def _lock_timeout() -> timedelta:
 
 
 # --- Errors (rendered as problem+json by common.exception_handler) --------------------------
-class IdempotencyKeyInvalidError(ApplicationError):
-    code = ErrorCode.IDEMPOTENCY_KEY_INVALID
+class IdempotencyKeyInvalidError(ProblemError):
+    code = ProblemCode.IDEMPOTENCY_KEY_INVALID
     title = "Invalid Idempotency-Key"
 
 
-class IdempotencyKeyRequiredError(ApplicationError):
-    code = ErrorCode.IDEMPOTENCY_KEY_REQUIRED
+class IdempotencyKeyRequiredError(ProblemError):
+    code = ProblemCode.IDEMPOTENCY_KEY_REQUIRED
     title = "Idempotency-Key required"
 
 
 class IdempotencyKeyMismatchError(UnprocessableError):
-    code = ErrorCode.IDEMPOTENCY_KEY_MISMATCH
+    code = ProblemCode.IDEMPOTENCY_KEY_MISMATCH
     title = "Idempotency-Key reused for a different request"
 
 
 class IdempotencyRequestInFlightError(ConflictError):
-    code = ErrorCode.IDEMPOTENCY_REQUEST_IN_FLIGHT
+    code = ProblemCode.IDEMPOTENCY_REQUEST_IN_FLIGHT
     title = "A request with this Idempotency-Key is in progress"
 
     def __init__(self, *, retry_after: int) -> None:

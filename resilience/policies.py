@@ -9,12 +9,13 @@ values are rejected by the system check in ``resilience.checks``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+
+from resilience import registry
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class DependencyPolicy:
     breaker: BreakerPolicy | None = None
     bulkhead: BulkheadPolicy | None = None
     base_url: str | None = None
+    # A template: calls name ``<template>:<target>`` (one breaker per webhook host, say),
+    # never the template itself.
+    per_target: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,7 +120,7 @@ _PARTS = {
     "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy,
 }
-_TOP_LEVEL_KEYS = {*_PARTS, "base_url"}
+_TOP_LEVEL_KEYS = {*_PARTS, "base_url", "per_target"}
 
 
 class PolicyError(ValueError):
@@ -192,7 +196,7 @@ def _validate_breaker(name: str, breaker: BreakerPolicy) -> None:
             raise PolicyError(f"{name}.breaker.{attr} must be within (0, 1]")
 
 
-def build_policy(name: str, raw: dict[str, Any]) -> DependencyPolicy:
+def build_dependency_policy(name: str, raw: dict[str, Any]) -> DependencyPolicy:
     """Build and validate one dependency's policy from its settings dictionary."""
     unknown = set(raw) - _TOP_LEVEL_KEYS
     if unknown:
@@ -200,22 +204,23 @@ def build_policy(name: str, raw: dict[str, Any]) -> DependencyPolicy:
     if "timeouts" not in raw:
         raise PolicyError(f"{name}: timeouts are required (every outbound call has one)")
     parts = {part: _build_part(name, part, raw[part]) for part in _PARTS if part in raw}
-    policy = DependencyPolicy(name=name, base_url=raw.get("base_url"), **parts)
+    policy = DependencyPolicy(
+        name=name, base_url=raw.get("base_url"), per_target=bool(raw.get("per_target")), **parts
+    )
     _validate(policy)
     return policy
 
 
-@functools.cache
-def _configured() -> dict[str, DependencyPolicy]:
-    return {
-        name: build_policy(name, raw) for name, raw in settings.RESILIENCE["dependencies"].items()
-    }
+def _configured(template: str) -> DependencyPolicy:
+    """The built policy of a configured dependency (KeyError when there is none)."""
+    raw = settings.RESILIENCE["dependencies"][template]
+    return registry.live(registry.POLICY, template, lambda: build_dependency_policy(template, raw))
 
 
 def get_policy(dependency: str) -> DependencyPolicy:
     """The policy of ``dependency``; ``webhook:<host>`` uses the ``webhook`` template."""
     template = dependency.split(":", 1)[0]
-    policy = _configured()[template]
+    policy = _configured(template)
     if template != dependency:
         policy = dataclasses.replace(policy, name=dependency)
     return policy
@@ -223,9 +228,25 @@ def get_policy(dependency: str) -> DependencyPolicy:
 
 def all_policies() -> dict[str, DependencyPolicy]:
     """Every configured dependency's policy, by name."""
-    return dict(_configured())
+    return {name: _configured(name) for name in settings.RESILIENCE["dependencies"]}
 
 
-def reset_policies() -> None:
-    """Forget built policies (tests change settings; the registry rebuilds on next use)."""
-    _configured.cache_clear()
+# Dependencies the library itself calls: the database (resilience.db_backend) and Redis
+# (the cache, breaker state, fleet bulkheads).
+LIBRARY_DEPENDENCIES = frozenset({"postgres", "redis"})
+_declared: set[str] = set(LIBRARY_DEPENDENCIES)
+
+
+def uses_dependency(name: str) -> str:
+    """Declare that the calling module calls ``name``; returns the name, to call it by.
+
+    ``PAYMENTS = uses_dependency("payments")`` at module level: the start-up check
+    (``resilience.E004``) then fails when ``RESILIENCE["dependencies"]`` has no such policy.
+    """
+    _declared.add(name)
+    return name
+
+
+def declared_dependencies() -> frozenset[str]:
+    """The library's own dependencies and every one a module declared so far."""
+    return frozenset(_declared)

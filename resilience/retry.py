@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import tenacity
 
-from resilience import deadline, metrics
+from resilience import deadline, metrics, registry
 from resilience.policies import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -74,26 +74,17 @@ class RetryBudget:
             return True
 
 
-_budgets: dict[str, RetryBudget] = {}
-_budgets_lock = threading.Lock()
-
-
 def budget_for(dependency: str, policy: RetryPolicy) -> RetryBudget:
     """The process-wide budget of ``dependency``."""
-    with _budgets_lock:
-        if dependency not in _budgets:
-            _budgets[dependency] = RetryBudget(
-                ratio=policy.budget_ratio,
-                window_s=policy.budget_window_s,
-                min_retries=policy.budget_min_retries,
-            )
-        return _budgets[dependency]
-
-
-def reset_budgets() -> None:
-    """Forget every budget (tests)."""
-    with _budgets_lock:
-        _budgets.clear()
+    return registry.live(
+        registry.BUDGET,
+        dependency,
+        lambda: RetryBudget(
+            ratio=policy.budget_ratio,
+            window_s=policy.budget_window_s,
+            min_retries=policy.budget_min_retries,
+        ),
+    )
 
 
 def retry_after_of(exc: BaseException | None) -> float | None:

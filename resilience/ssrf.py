@@ -20,8 +20,9 @@ DNS is an outbound call too: layer 1's lookup is bounded by ``DNS_RESOLVE_TIMEOU
 (clipped to the request deadline at registration), through the system resolver in a
 worker thread, or through dnspython when ``DNS_NAMESERVERS`` names the servers. A lookup
 that does not finish in time raises :class:`ResolutionTimeoutError` (a 503 at
-registration, a deferred delivery). Layer 2's own lookup (requests-hardened, right after
-a successful bounded one) offers no timeout hook.
+registration, a deferred delivery). Layer 2's own lookup (requests-hardened's, at
+connect) offers no timeout hook, so :class:`BoundedIPFilterAdapter` runs it within the
+same bound.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -41,9 +43,13 @@ import requests
 from django.conf import settings
 from requests_hardened import Config, HTTPSession
 from requests_hardened.ip_filter import InvalidIPAddress, _is_ip_in_extra_blocked_ranges
+from requests_hardened.ip_filter_adapter import IPFilterAdapter
 
 from resilience import deadline
+from resilience.errors import DependencyUnavailableError
 from resilience.http import ResilientSession, client
+
+T = TypeVar("T")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,15 +72,15 @@ class ForbiddenTargetError(ValueError):
         super().__init__(detail)
 
 
-class ResolutionTimeoutError(TimeoutError):
+class ResolutionTimeoutError(DependencyUnavailableError, TimeoutError):
     """A target's DNS lookup did not finish within ``DNS_RESOLVE_TIMEOUT_S``."""
-
-    dependency = "dns"
 
     def __init__(self, host: str, timeout_s: float) -> None:
         self.host = host
         self.timeout_s = timeout_s
-        super().__init__(f"DNS lookup of {host!r} did not finish within {timeout_s:g} s")
+        super().__init__(
+            "dns", detail=f"DNS lookup of {host!r} did not finish within {timeout_s:g} s"
+        )
 
 
 @dataclass(frozen=True)
@@ -180,24 +186,30 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     """
     timeout_s = deadline.clip(settings.DNS_RESOLVE_TIMEOUT_S)
     nameservers = list(settings.DNS_NAMESERVERS)
+    if nameservers:
+        return _within(timeout_s, host, lambda: _dnspython_lookup(host, nameservers, timeout_s))
+    return _within(timeout_s, host, lambda: _system_lookup(host, port))
+
+
+def _within(timeout_s: float, host: str, lookup: Callable[[], T]) -> T:
+    """``lookup()`` in a worker thread, waited for at most ``timeout_s``.
+
+    getaddrinfo has no timeout of its own. A thread still stuck after ``timeout_s`` ends
+    when the system resolver gives up; ``_in_flight`` caps how many may be stuck at once.
+    """
     if not _in_flight.acquire(blocking=False):
         raise ResolutionTimeoutError(host, timeout_s)
     outcome: dict[str, object] = {}
 
-    def lookup() -> None:
+    def run() -> None:
         try:
-            if nameservers:
-                outcome["value"] = _dnspython_lookup(host, nameservers, timeout_s)
-            else:
-                outcome["value"] = _system_lookup(host, port)
+            outcome["value"] = lookup()
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             outcome["error"] = exc
         finally:
             _in_flight.release()
 
-    # getaddrinfo has no timeout of its own: wait for it in a thread, at most timeout_s.
-    # A thread still stuck after that ends when the system resolver gives up.
-    worker = threading.Thread(target=lookup, name=f"dns {host}", daemon=True)
+    worker = threading.Thread(target=run, name=f"dns {host}", daemon=True)
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
@@ -205,6 +217,22 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+class BoundedIPFilterAdapter(IPFilterAdapter):
+    """requests-hardened's adapter (layer 2) with its own DNS lookup bounded too.
+
+    The adapter resolves the host again when it picks a connection pool, with a plain
+    getaddrinfo; we run that step within ``DNS_RESOLVE_TIMEOUT_S`` (clipped to the
+    deadline), like layer 1's lookup. A lookup that does not finish in time raises
+    :class:`ResolutionTimeoutError`: the delivery is retried later.
+    """
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host = urlsplit(request.url).hostname or ""
+        timeout_s = deadline.clip(settings.DNS_RESOLVE_TIMEOUT_S)
+        parent = super().build_connection_pool_key_attributes
+        return _within(timeout_s, host, lambda: parent(request, verify, cert))
 
 
 def check_target(url: str, *, allowed: Sequence[str]) -> None:
@@ -255,6 +283,9 @@ def hardened_session_factory(*, allow_loopback: bool) -> Callable[[int], request
                 default_timeout=None,  # the resilient client always passes its own
             )
         )
+        for prefix, https in (("http://", False), ("https://", True)):
+            bounded = BoundedIPFilterAdapter(is_https_proto=https, allow_loopback=allow_loopback)
+            session.mount(prefix, bounded)
         for adapter in session.adapters.values():
             # The IPFilterAdapter keeps HTTPAdapter's defaults (10 connections, no
             # retries); size it like the resilient client's own adapter.

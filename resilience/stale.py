@@ -2,9 +2,10 @@
 
 ``read_through(key, compute, fresh_s=..., stale_s=...)`` returns a cached value younger
 than ``fresh_s`` without computing; otherwise computes it and stores it for ``stale_s``.
-When computing fails because a dependency is unavailable (breaker open, pool timeout,
-connection lost, bulkhead full, deadline spent), it returns the stored value if it is
-younger than ``stale_s``, marked stale with its age, instead of failing.
+When computing fails because a dependency is unavailable (any refusal of
+:mod:`resilience.errors`, or the database driver's connection errors), it returns the
+stored value if it is younger than ``stale_s``, marked stale with its age, instead of
+failing.
 
 The cache itself is best effort (``resilience.cache``): with Redis down too, a read
 simply computes, and a failure surfaces as the usual 503.
@@ -18,22 +19,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.core.cache import cache
-from django.db import InterfaceError, OperationalError
 
 from resilience import metrics
-from resilience.breakers import BreakerOpenError
-from resilience.bulkhead import BulkheadFullError
-from resilience.deadline import DeadlineExceededError
+from resilience.errors import DEGRADE_ON
 
 T = TypeVar("T")
 
-DEPENDENCY_UNAVAILABLE = (
-    BreakerOpenError,
-    BulkheadFullError,
-    DeadlineExceededError,
-    OperationalError,
-    InterfaceError,
-)
 # Response headers of a degraded answer (documented in runbooks/graceful-degradation.md).
 DEGRADED_HEADER = "X-Degraded"
 
@@ -68,7 +59,7 @@ def read_through(
         return Read(entry["value"])
     try:
         value = compute()
-    except DEPENDENCY_UNAVAILABLE:
+    except DEGRADE_ON:
         if entry is not None and now - entry["stored_at"] < stale_s:
             metrics.DEGRADED_RESPONSES.labels(dependency, "stale_cache").inc()
             return Read(entry["value"], stale=True, age_s=now - entry["stored_at"])

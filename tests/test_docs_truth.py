@@ -37,6 +37,7 @@ DOCS = sorted(
 EXTERNAL = {
     # environment variables and settings of other tools
     "HOSTNAME": "the container's host name (compose health checks)",
+    "SIGSTOP": "the POSIX signal that pauses a process (a Redis that answers nothing)",
     "PATH": "the shell's search path",
     "CI": "set by CI runners",
     "GF_AUTH_ANONYMOUS_ENABLED": "Grafana's own setting (docker-compose.yml)",

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
 from accounts.models import User
-from common.errors import PROBLEM_CONTENT_TYPE, ErrorCode
+from common.errors import ERROR_CODES
+from resilience.problems import PROBLEM_CONTENT_TYPE
 
 pytestmark = pytest.mark.django_db
 
-CODES = {code.value for code in ErrorCode}
+CODES = set(ERROR_CODES)
 
 
 def operations() -> list[tuple[str, str]]:

@@ -10,8 +10,8 @@ import sys
 import pytest
 from django.core.checks import run_checks
 
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.processes import ROOT
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

@@ -69,10 +69,10 @@ def test_every_catalogued_metric_is_exported_after_a_short_scenario(
 ):
     from django.conf import settings
 
-    from common.request_context import bind_request_id, reset_request_id
     from common.tasks import beat_heartbeat
     from orders.tasks import authorize_deferred_payment
     from resilience.models import IdempotencyRecord
+    from resilience.request_id import bind_request_id, reset_request_id
     from resilience.tasks import complete_stale_idempotency_records
 
     token = Token.objects.create(user=user).key

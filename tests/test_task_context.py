@@ -9,7 +9,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from common import task_context, worker_metrics
-from common.request_context import bind_request_id, current_request_id, reset_request_id
+from resilience.request_id import bind_request_id, current_request_id, reset_request_id
 
 
 def test_publish_copies_the_bound_request_id_into_the_headers():

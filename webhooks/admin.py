@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from common.errors import ApplicationError
+from resilience.problems import ProblemError
 from webhooks import services
 from webhooks.models import Delivery, DeliveryAttempt, Endpoint, OutboxEvent
 
@@ -86,7 +86,7 @@ class DeliveryAdmin(admin.ModelAdmin):
             try:
                 services.delivery_replay(delivery_id=delivery_id)
                 replayed += 1
-            except ApplicationError as exc:
+            except ProblemError as exc:
                 refused.append(f"{delivery_id}: {exc.detail}")
         if replayed:
             self.message_user(request, f"{replayed} deliveries replayed.", messages.SUCCESS)

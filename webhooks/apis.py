@@ -15,6 +15,7 @@ from common.errors import ErrorCode
 from common.pagination import BoundedPageNumberPagination, paginated_response
 from common.schema import problems
 from resilience.concurrency import priority
+from resilience.problems import ProblemCode
 from resilience.ratelimit.business import business_ratelimit
 from webhooks import selectors, services
 from webhooks.serializers import (
@@ -78,7 +79,7 @@ class EndpointDetailApi(APIView):
 
 
 class EndpointPingApi(APIView):
-    @problems({422: [ErrorCode.UNPROCESSABLE]})
+    @problems({422: [ProblemCode.UNPROCESSABLE]})
     @extend_schema(
         request=None,
         responses={202: DeliveryOutputSerializer},

@@ -6,9 +6,9 @@ from django.apps import AppConfig
 def _reset_clients(setting: str, **_: Any) -> None:
     """Tests that change the allowlist get clients built with the new SSRF guard."""
     if setting == "WEBHOOKS_ALLOWED_TARGETS":
-        from resilience.http import reset_clients
+        from resilience import registry
 
-        reset_clients()
+        registry.forget(registry.CLIENT)
 
 
 class WebhooksConfig(AppConfig):

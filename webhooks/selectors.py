@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
-from common.errors import NotFoundError
+from resilience.problems import NotFoundError
 from webhooks.models import Delivery, DeliveryStatus, Endpoint
 
 

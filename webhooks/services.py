@@ -41,11 +41,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from common.errors import ConflictError, NotFoundError, UnprocessableError
-from resilience.breakers import BreakerOpenError
-from resilience.bulkhead import BulkheadFullError
 from resilience.db_routing import current_alias
-from resilience.http import DownstreamHTTPError
+from resilience.errors import (
+    BreakerOpenError,
+    BulkheadFullError,
+    DependencyUnavailableError,
+    DownstreamHTTPError,
+)
+from resilience.policies import uses_dependency
+from resilience.problems import ConflictError, NotFoundError, UnprocessableError
 from resilience.publish import publish
 from resilience.ssrf import (
     FORBIDDEN_ADDRESS_ERRORS,
@@ -301,11 +305,15 @@ def retry_delay_s(attempts: int) -> float:
     return random.uniform(0, ceiling)  # noqa: S311 - jitter, not crypto
 
 
+# One breaker and fleet bulkhead per target host: the policy is a per-target template.
+WEBHOOK = uses_dependency("webhook")
+
+
 def target_dependency(url: str) -> str:
     """The breaker/bulkhead name of a target: ``webhook:<host>`` (``:<port>`` if given)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    return f"webhook:{host}:{parts.port}" if parts.port else f"webhook:{host}"
+    return f"{WEBHOOK}:{host}:{parts.port}" if parts.port else f"{WEBHOOK}:{host}"
 
 
 @dataclass
@@ -377,11 +385,17 @@ def delivery_attempt(*, delivery_id: Any) -> str:
         return _defer(delivery, lease, delay, reason="bulkhead_full")
     except DownstreamHTTPError as exc:  # 5xx and 429
         result = _Result(
-            "retry", status_code=exc.status, error=str(exc), retry_after_s=exc.retry_after_s
+            "retry",
+            status_code=exc.downstream_status,
+            error=str(exc),
+            retry_after_s=exc.retry_after_s,
         )
+    except DependencyUnavailableError as exc:  # connection refused, timeouts, reset
+        cause = exc.__cause__ or exc
+        result = _Result("retry", error=f"{type(cause).__name__}: {cause}"[:500])
     except FORBIDDEN_ADDRESS_ERRORS as exc:
         result = _Result("forbidden", error=f"address refused at connect time: {exc}")
-    except REQUEST_ERRORS as exc:  # connection refused, timeouts, reset
+    except REQUEST_ERRORS as exc:  # any other failure of the request itself
         result = _Result("retry", error=f"{type(exc).__name__}: {exc}"[:500])
     else:
         result = _classify(response.status_code, response.headers.get("Retry-After"))

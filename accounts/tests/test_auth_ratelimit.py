@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.problems import assert_problem
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

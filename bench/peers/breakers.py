@@ -60,10 +60,12 @@ class Ours(Peer):
     shared_store = "Redis (policy shared: true)"
 
     def make(self, key: str, *, fail_max: int, reset_s: float, shared: bool = False) -> Call:
-        from resilience.breakers import breaker, reset_registry
+        from resilience import registry
+        from resilience.breakers import breaker
 
         if shared:
-            reset_registry()  # a new process: no breaker built yet, only what Redis holds
+            # A new process: no breaker built yet, only what Redis holds.
+            registry.forget(registry.BREAKER)
         return lambda func: breaker(key).call(func)
 
 
@@ -166,12 +168,12 @@ def redis_client():
 
 def http_call(url: str) -> Callable[[], object]:
     """The protected call: one GET; a 5xx raises as our client would (DownstreamHTTPError)."""
-    from resilience.http import DownstreamHTTPError
+    from resilience.errors import DownstreamHTTPError
 
     def call() -> object:
         response = requests.get(url, timeout=TIMEOUT_S)
         if response.status_code >= 500:
-            raise DownstreamHTTPError("peers_dependency", response)
+            raise DownstreamHTTPError("peers_dependency", response, retry_after_s=None)
         return response.status_code
 
     return call

@@ -34,12 +34,9 @@ def shipped_policy() -> dict[str, Any]:
 
 
 def _reset() -> None:
-    from resilience import breakers, http, policies, retry
+    from resilience.registry import reset_all
 
-    policies.reset_policies()
-    breakers.reset_registry()
-    http.reset_clients()
-    retry.reset_budgets()
+    reset_all()
 
 
 @contextmanager

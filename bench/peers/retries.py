@@ -190,7 +190,8 @@ def ours_wrappers():
     import requests as _requests
 
     from resilience.calls import call
-    from resilience.http import DownstreamHTTPError, client, is_retryable
+    from resilience.errors import DownstreamHTTPError
+    from resilience.http import client, is_retryable
 
     def over(name: str) -> Callable[[], None]:
         session = client(name)
@@ -201,7 +202,7 @@ def ours_wrappers():
         answer.status_code = 503
 
         def attempt(_timeouts: object) -> None:
-            raise DownstreamHTTPError(name, answer)
+            raise DownstreamHTTPError(name, answer, retry_after_s=None)
 
         return lambda: call(name, attempt, retryable=is_retryable, sleep=waits.sleep)
 

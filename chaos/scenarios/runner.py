@@ -24,6 +24,7 @@ from chaos.scenarios.load import (
 )
 from chaos.scenarios.observe import Metrics, Observer, fetch_metrics, fetch_readiness, metric_sum
 from chaos.scenarios.traffic import (
+    CLASSES_CALLING,
     ENDPOINT_CLASSES,
     NOT_SENT,
     Sample,
@@ -461,8 +462,12 @@ def breaker_first_open(ctx: RunContext) -> float | None:
 
 
 def slow_after_open(ctx: RunContext, since: float | None) -> dict[str, Any]:
-    """User requests slower than the breaker's slow-call threshold, started between
-    ``since`` (the breaker's first opening) and the heal."""
+    """User requests that call the dependency and took longer than its breaker's
+    slow-call threshold, started between ``since`` (the first opening) and the heal.
+
+    Only requests that call the dependency count: a read that is slow because the CPU is
+    saturated is not one the breaker could have spared.
+    """
     dependency = ctx.scenario.dependency
     stack = ctx.endpoints.settings
     if not dependency or stack is None:
@@ -470,10 +475,14 @@ def slow_after_open(ctx: RunContext, since: float | None) -> dict[str, Any]:
     threshold, source = slow_call_threshold(stack, dependency)
     if threshold is None or since is None:
         return {"count": None, "threshold_s": threshold, "source": source, "since": since}
+    calling = CLASSES_CALLING.get(dependency)  # None: every class calls it
     slow = [
         s
         for s in ctx.samples
-        if s.status != NOT_SENT and since <= s.t < ctx.t_heal and s.latency_s > threshold
+        if s.status != NOT_SENT
+        and since <= s.t < ctx.t_heal
+        and s.latency_s > threshold
+        and (calling is None or ENDPOINT_CLASSES.get(s.op) in calling)
     ]
     return {
         "count": len(slow),
@@ -683,7 +692,8 @@ def _slow_after_open_check(slow: dict[str, Any]) -> Check:
     return Check(
         name,
         slow["count"] <= slow["bound"],
-        f"{slow['count']} user requests slower than {slow['threshold_s'] * 1000:.0f} ms "
+        f"{slow['count']} user requests calling it slower than "
+        f"{slow['threshold_s'] * 1000:.0f} ms "
         f"({slow['source']}) started after the breaker first opened and before the heal; "
         f"bound {slow['bound']} (web processes)",
     )

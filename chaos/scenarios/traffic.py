@@ -26,6 +26,9 @@ NOT_SENT = -1  # status of a tick the client could not send (too many requests i
 ORDER = {"currency": "EUR", "items": [{"sku": "chaos-widget", "quantity": 1, "unit_price": 1999}]}
 # Endpoint classes of the report: what a user does, not which URL.
 ENDPOINT_CLASSES = {"get": "reads", "list": "reads", "create": "orders", "storm": "orders"}
+# The endpoint classes whose requests call a dependency; absent: every class does (the
+# database and Redis serve every request, payments only order creation).
+CLASSES_CALLING = {"payments": frozenset({"orders"})}
 RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
 
 

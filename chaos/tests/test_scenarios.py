@@ -230,6 +230,36 @@ def test_compressed_time_changes_durations_only():
 
 
 def test_the_command_restates_the_ceiling():
-    from resilience.management.commands import chaos
+    from chaos.management.commands import chaos
 
     assert chaos.COLLAPSE_CEILING_RPS == COLLAPSE_CEILING_RPS
+
+
+def test_slow_after_open_counts_only_requests_that_call_the_dependency():
+    """A read slowed by a saturated CPU is not one the payments breaker could spare."""
+    from types import SimpleNamespace
+
+    from chaos.scenarios.runner import slow_after_open
+    from chaos.scenarios.traffic import Sample
+
+    stack = SimpleNamespace(policy=lambda _name: {"breaker": {"slow_call_s": 0.5}}, web_workers=2)
+
+    def ctx_of(dependency: str, samples: list[Sample]) -> SimpleNamespace:
+        return SimpleNamespace(
+            scenario=SimpleNamespace(dependency=dependency),
+            endpoints=SimpleNamespace(settings=stack),
+            samples=samples,
+            t_heal=10.0,
+        )
+
+    samples = [
+        Sample(t=2.0, latency_s=0.9, op="list", status=200, user=1),
+        Sample(t=3.0, latency_s=0.9, op="get", status=200, user=1),
+        Sample(t=4.0, latency_s=0.9, op="create", status=201, user=1),
+        Sample(t=0.5, latency_s=0.9, op="create", status=201, user=1),  # before the opening
+        Sample(t=5.0, latency_s=0.1, op="create", status=201, user=1),  # fast
+    ]
+    payments = slow_after_open(ctx_of("payments", samples), since=1.0)
+    assert (payments["count"], payments["by_class"]) == (1, {"orders": 1})
+    postgres = slow_after_open(ctx_of("postgres", samples), since=1.0)
+    assert postgres["count"] == 3  # every request reads the database

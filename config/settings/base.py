@@ -531,6 +531,7 @@ RESILIENCE = {
         },
         # Template for webhook targets: one breaker per target host ("webhook:<host>").
         "webhook": {
+            "per_target": True,  # called as webhook:<host>, one breaker per customer host
             "timeouts": {
                 "connect_s": env("WEBHOOK_CONNECT_TIMEOUT_S", default=1.0, cast=float),
                 "read_s": env("WEBHOOK_READ_TIMEOUT_S", default=5.0, cast=float),

@@ -13,6 +13,10 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 from config.env import env
 from config.settings.base import *
 
+# The chaos rig and the benchmarks bring management commands (`manage.py chaos`,
+# `manage.py loadtest`); production does not install them.
+INSTALLED_APPS = [*INSTALLED_APPS, "chaos", "bench"]
+
 DEBUG = False
 # Fast hashing: the suite creates many users; production keeps the default hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

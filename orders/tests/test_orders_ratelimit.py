@@ -6,9 +6,9 @@ import pytest
 
 from conftest import client_for
 from resilience.ratelimit.errors import REDUCED_CAPACITY_TYPE
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.problems import assert_problem
 from tests.processes import free_port
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

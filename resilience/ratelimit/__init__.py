@@ -4,9 +4,8 @@ Public surface:
 
 * :class:`~resilience.ratelimit.middleware.RateLimitMiddleware`: the global per-IP
   flood limit before authentication, and the ``RateLimit`` header fields.
-* :mod:`~resilience.ratelimit.throttles`: DRF throttles naming policies
-  (``SignupThrottle``, ``LoginThrottle``, ``OrderCreateThrottle``, ``OrderReportThrottle``,
-  or a ``TokenBucketThrottle`` subclass of your own).
+* :func:`~resilience.ratelimit.throttles.throttle`: a DRF throttle naming policies,
+  declared in one line on a view (``throttle_classes = [throttle("login_ip", ...)]``).
 * :func:`~resilience.ratelimit.business.business_ratelimit`: fixed-window business rules
   on django-ratelimit, answered as 429.
 * :func:`~resilience.ratelimit.limiter.check_request` and

@@ -29,7 +29,7 @@ from django_ratelimit import ALL
 from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
 
-from common.responses import application_error_response
+from resilience.problems import error_response
 from resilience.ratelimit import metrics
 from resilience.ratelimit.config import get_config
 from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
@@ -79,7 +79,7 @@ def business_ratelimit(
             except (RateLimitedError, RateLimiterUnavailableError) as exc:
                 if hasattr(request, "_request"):
                     raise  # a DRF view: the project's exception handler renders it
-                return application_error_response(request, exc)
+                return error_response(request, exc)
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -11,16 +11,7 @@ from django.core.checks import Error, register
 from django.core.exceptions import ImproperlyConfigured
 
 from resilience.ratelimit.config import SETTING, build_config
-
-# The policies the views and the middleware name in code.
-REQUIRED_POLICIES = {
-    "flood",
-    "signup",
-    "login_ip",
-    "login_username",
-    "orders_create",
-    "orders_report",
-}
+from resilience.ratelimit.throttles import declared_policies
 
 
 @register()
@@ -32,9 +23,9 @@ def check_ratelimit_settings(app_configs, **kwargs) -> list[Error]:
         return [Error(str(exc), id="resilience.E101")]
     return [
         Error(
-            f"{SETTING} has no policy {name!r}, which the API uses.",
+            f"{SETTING} has no policy {name!r}, which a view declares.",
             hint="Add it under 'policies' (docs/configuration.md).",
             id="resilience.E102",
         )
-        for name in sorted(REQUIRED_POLICIES - set(config.policies))
+        for name in sorted(declared_policies() - set(config.policies))
     ]

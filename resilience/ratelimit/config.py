@@ -8,7 +8,6 @@ check in :mod:`resilience.ratelimit.checks` reports it at start-up.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -17,7 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
+
+from resilience import registry
 
 SETTING = "RESILIENCE_RATELIMIT"
 SCOPES = frozenset({"ip", "user", "username", "endpoint", "global"})
@@ -133,7 +133,7 @@ def _number(where: str, value: Any, *, minimum: float, integer: bool = False) ->
     return value
 
 
-def build_policy(name: str, raw: Mapping[str, Any]) -> Policy:
+def build_rate_policy(name: str, raw: Mapping[str, Any]) -> Policy:
     """Validate one policy's settings and build it."""
     where = f"['policies'][{name!r}]"
     if not isinstance(raw, Mapping):
@@ -183,7 +183,7 @@ def build_candidate(live: Policy, raw: Mapping[str, Any]) -> Policy:
         "description": raw.get("description", f"candidate for {live.name}"),
         "dry_run": True,
     }
-    return build_policy(f"{live.name}{CANDIDATE_SUFFIX}", spec)
+    return build_rate_policy(f"{live.name}{CANDIDATE_SUFFIX}", spec)
 
 
 def build_config(raw: Mapping[str, Any]) -> RateLimitConfig:
@@ -195,7 +195,9 @@ def build_config(raw: Mapping[str, Any]) -> RateLimitConfig:
     _unknown("['redis']", redis_raw, REDIS_KEYS)
     middleware_raw = raw.get("middleware", {})
     _unknown("['middleware']", middleware_raw, MIDDLEWARE_KEYS)
-    policies = {name: build_policy(name, spec) for name, spec in raw.get("policies", {}).items()}
+    policies = {
+        name: build_rate_policy(name, spec) for name, spec in raw.get("policies", {}).items()
+    }
     candidates_raw = raw.get("candidates", {})
     if not isinstance(candidates_raw, Mapping):
         raise ImproperlyConfigured(f"{SETTING}['candidates'] must be a dict")
@@ -258,15 +260,8 @@ def build_config(raw: Mapping[str, Any]) -> RateLimitConfig:
     )
 
 
-@functools.cache
 def get_config() -> RateLimitConfig:
     """The current configuration (rebuilt when a test overrides the setting)."""
-    return build_config(getattr(settings, SETTING, {}))
-
-
-def _reset_on_change(*, setting: str, **kwargs: Any) -> None:
-    if setting == SETTING:
-        get_config.cache_clear()
-
-
-setting_changed.connect(_reset_on_change, dispatch_uid="resilience.ratelimit.config")
+    return registry.live(
+        registry.RATELIMIT, "config", lambda: build_config(getattr(settings, SETTING, {}))
+    )

@@ -1,25 +1,29 @@
-"""Rate-limit errors in the project's error model, rendered as RFC 9457 problems.
+"""Rate-limit refusals, rendered as RFC 9457 problems.
 
 The problem types are the ones of draft-ietf-httpapi-ratelimit-headers (REFERENCE.md):
 ``quota-exceeded`` with 429 and ``temporary-reduced-capacity`` with 503, each with the
-``violated-policies`` extension member. ``code`` stays our stable machine code.
+``violated-policies`` extension member. ``code`` stays our stable machine code. Both are
+:class:`~resilience.errors.PolicyRefusal`: the limiter decided, nothing was called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from common.errors import ApplicationError, ErrorCode
+from resilience.errors import PolicyRefusal
+from resilience.problems import ProblemCode
 
 QUOTA_EXCEEDED_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 REDUCED_CAPACITY_TYPE = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+# The "dependency" a rate-limit refusal names: the client's own quota.
+RATE_LIMIT = "ratelimit"
 
 
-class RateLimitedError(ApplicationError):
+class RateLimitedError(PolicyRefusal):
     """429: the client used up a quota; ``Retry-After`` says when it has room again."""
 
     status = 429
-    code = ErrorCode.RATE_LIMITED
+    code = ProblemCode.RATE_LIMITED
     title = "Request cannot be satisfied as assigned quota has been exceeded"
 
     def __init__(
@@ -31,36 +35,38 @@ class RateLimitedError(ApplicationError):
         detail: str | None = None,
     ) -> None:
         self.policies = list(policies)
-        self.retry_after = retry_after
-        headers = dict(headers or {})
         extra: dict[str, object] = {"type": QUOTA_EXCEEDED_TYPE, "violated-policies": self.policies}
         if retry_after is not None:
-            headers["Retry-After"] = str(retry_after)
             extra["retry_after"] = retry_after
         if detail is None:
             detail = "Too many requests."
             if retry_after is not None:
                 detail = f"Too many requests; retry after {retry_after} s."
         super().__init__(
-            detail,
-            headers=headers,
+            RATE_LIMIT,
+            retry_after_s=retry_after,
+            detail=detail,
+            headers=dict(headers or {}),
             extra=extra,
         )
+        if retry_after is None:  # a limiter that cannot say when (django-ratelimit's)
+            self.headers.pop("Retry-After", None)
+        self.retry_after = retry_after
 
 
-class RateLimiterUnavailableError(ApplicationError):
+class RateLimiterUnavailableError(PolicyRefusal):
     """503: a fail-closed policy cannot be checked because its store is unavailable."""
 
     status = 503
-    code = ErrorCode.RATE_LIMITER_UNAVAILABLE
+    code = ProblemCode.RATE_LIMITER_UNAVAILABLE
     title = "Request cannot be satisfied due to temporary server capacity constraints"
 
     def __init__(self, *, policies: Sequence[str], retry_after: int) -> None:
         self.policies = list(policies)
-        self.retry_after = retry_after
         super().__init__(
-            "This endpoint is limited and its limiter is unavailable; retry later.",
-            headers={"Retry-After": str(retry_after)},
+            RATE_LIMIT,
+            retry_after_s=retry_after,
+            detail="This endpoint is limited and its limiter is unavailable; retry later.",
             extra={
                 "type": REDUCED_CAPACITY_TYPE,
                 "violated-policies": self.policies,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from common.responses import application_error_response
+from resilience.problems import error_response
 from resilience.ratelimit.config import get_config
 from resilience.ratelimit.limiter import (
     Decision,
@@ -52,4 +52,4 @@ def refusal_response(request: HttpRequest, decision: Decision) -> HttpResponse:
     """
     # The RateLimit fields go on both answers, the 503 of a fail-closed policy included.
     headers = response_headers(request)
-    return application_error_response(request, refusal_error(decision), headers=headers)
+    return error_response(request, refusal_error(decision), headers=headers)

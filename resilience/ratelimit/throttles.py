@@ -1,21 +1,33 @@
-"""DRF throttles backed by the token-bucket limiter.
+"""DRF throttles backed by the token-bucket limiter, declared in one line per view.
 
-A throttle names one or more policies; all of them are checked in one Redis round trip
-and a request is consumed from every bucket or from none. A refusal raises the project's
-:class:`~resilience.ratelimit.errors.RateLimitedError`, which the one exception handler
-renders as 429 problem+json with ``Retry-After``. Apply one with ``throttle_classes``::
+A throttle names one or more policies of ``RESILIENCE_RATELIMIT``; all of them are
+checked in one Redis round trip and a request is consumed from every bucket or from
+none. A refusal raises :class:`~resilience.ratelimit.errors.RateLimitedError`, which the
+exception handler renders as 429 problem+json with ``Retry-After``. A view declares its
+limits; the policies themselves (rates, keys, fail open or closed) live in settings::
 
     class LoginApi(APIView):
-        throttle_classes = [LoginThrottle]
+        throttle_classes = [throttle("login_ip", "login_username")]
+
+Every policy the URL conf's views name this way is checked at start-up against the
+settings (``resilience.E102``), so a misspelt policy fails ``manage.py check``, not a
+request.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
+from django.urls import URLResolver, get_resolver
 from rest_framework.throttling import BaseThrottle
 
 from resilience.ratelimit.limiter import check_request, enforce
+
+# Policy names code uses outside a view's throttles (the admin's login form).
+_declared: set[str] = set()
+_declared_lock = threading.Lock()
 
 
 class TokenBucketThrottle(BaseThrottle):
@@ -35,31 +47,35 @@ class TokenBucketThrottle(BaseThrottle):
         return None
 
 
-class SignupThrottle(TokenBucketThrottle):
-    """Sign-ups per client IP: slows mass account creation."""
-
-    policies = ("signup",)
-
-
-class LoginThrottle(TokenBucketThrottle):
-    """Logins per client IP and per submitted username, in one decision.
-
-    Per IP stops one source trying many accounts (credential stuffing); per username
-    stops many sources trying one account (distributed brute force). Every attempt
-    counts, right or wrong, so a correct password is refused too once a bucket is empty.
-    """
-
-    policies = ("login_ip", "login_username")
+def throttle(*policies: str, methods: Iterable[str] | None = None) -> type[TokenBucketThrottle]:
+    """A throttle for ``policies``, applied to ``methods`` only when given (``{"POST"}``)."""
+    if not policies:
+        raise ValueError("a throttle names at least one policy")
+    only = None if methods is None else frozenset(m.upper() for m in methods)
+    name = "Throttle_" + "_".join(policies)
+    return type(name, (TokenBucketThrottle,), {"policies": tuple(policies), "methods": only})
 
 
-class OrderCreateThrottle(TokenBucketThrottle):
-    """Order creation per user (``POST`` only; listing is not limited here)."""
+def declare_policies(names: Iterable[str]) -> None:
+    """Record policy names that code uses outside a throttle (for the start-up check)."""
+    with _declared_lock:
+        _declared.update(names)
 
-    policies = ("orders_create",)
-    methods = frozenset({"POST"})
+
+def declared_policies() -> frozenset[str]:
+    """Every policy name the URL conf's views throttle with, and :func:`declare_policies`'s."""
+    with _declared_lock:
+        found = set(_declared)
+    for view in _views(get_resolver().url_patterns):
+        for throttle_class in getattr(view, "throttle_classes", ()):
+            found.update(getattr(throttle_class, "policies", ()))
+    return frozenset(found)
 
 
-class OrderReportThrottle(TokenBucketThrottle):
-    """The expensive report per user, tight."""
-
-    policies = ("orders_report",)
+def _views(patterns: Iterable[Any]) -> Iterator[type]:
+    """The view classes of a URL conf (DRF's ``as_view()`` keeps the class as ``cls``)."""
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield from _views(pattern.url_patterns)
+        elif (view := getattr(pattern.callback, "cls", None)) is not None:
+            yield view

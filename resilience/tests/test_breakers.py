@@ -20,15 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from resilience import metrics
-from resilience.breakers import (
-    Breaker,
-    BreakerOpenError,
-    MemoryStorage,
-    MetricsListener,
-    SharedStateStorage,
-    _shared_state_redis,
-    breaker,
-)
+from resilience.breaker_state import MemoryStorage, SharedStateStorage, _shared_state_redis
+from resilience.breakers import Breaker, MetricsListener, breaker
+from resilience.errors import BreakerOpenError
 from resilience.policies import BreakerPolicy
 from tests.processes import free_port, wait_for
 

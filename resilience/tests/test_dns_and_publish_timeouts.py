@@ -125,3 +125,30 @@ def test_a_spent_budget_publishes_nothing():
         time.sleep(0.01)
         with pytest.raises(DeadlineExceededError):
             publish(deliver, args=["00000000-0000-0000-0000-000000000000"])
+
+
+def test_the_connect_time_lookup_of_the_ssrf_guard_is_bounded_too(settings, monkeypatch):
+    """Layer 2 (requests-hardened resolves again when it connects) gets the same bound.
+
+    The system resolver cannot be pointed at a silent server, so its getaddrinfo is made
+    to hang for one name: what a resolver that never answers looks like to the caller.
+    """
+    settings.DNS_RESOLVE_TIMEOUT_S = 0.3
+    stuck = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def hanging_for_one_name(host, *args, **kwargs):
+        if host == "hangs.example.test":
+            stuck.wait(10)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_for_one_name)
+    session = ssrf.hardened_session_factory(allow_loopback=True)(2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ssrf.ResolutionTimeoutError):
+            session.get("http://hangs.example.test/hook", timeout=(1.0, 1.0))
+        elapsed = time.monotonic() - started
+    finally:
+        stuck.set()
+    assert elapsed < settings.DNS_RESOLVE_TIMEOUT_S + SLACK_S

@@ -8,7 +8,8 @@ from email.utils import format_datetime
 import pytest
 
 from conftest import override_policy
-from resilience.http import DownstreamHTTPError, ResilientSession, parse_retry_after
+from resilience.errors import DownstreamHTTPError
+from resilience.http import ResilientSession, parse_retry_after
 
 BODY = {"order_id": "o-1", "amount": 100, "currency": "EUR"}
 
@@ -47,7 +48,7 @@ def test_a_post_without_a_key_is_never_retried(session, payments):
     payments.set_faults(fail_first_n=1, error_status=503, retry_after=0)
     with pytest.raises(DownstreamHTTPError) as failure:
         session.request("POST", "/authorizations", json=BODY, headers={"Idempotency-Key": "x"})
-    assert failure.value.status == 503
+    assert failure.value.downstream_status == 503
     assert payments.stats()["requests"] == 1
 
 

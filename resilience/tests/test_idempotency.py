@@ -10,12 +10,13 @@ from django.db import transaction
 from drf_spectacular.generators import SchemaGenerator
 from prometheus_client import REGISTRY
 
-from common.errors import ApplicationError, DependencyUnavailableError
 from conftest import client_for
 from orders.models import Order
 from resilience import idempotency
+from resilience.errors import DependencyUnavailableError
 from resilience.idempotency import IdempotencyLockLostError, override_clock, request_fingerprint
 from resilience.models import IdempotencyRecord
+from resilience.problems import ProblemError
 from resilience.tests import idempotency_views as views
 from resilience.tests.idempotency_helpers import (
     BODY,
@@ -204,14 +205,14 @@ def test_validation_error_stores_nothing_and_the_fixed_retry_succeeds(auth_clien
 
 def test_a_4xx_before_the_first_recovery_point_stores_nothing(auth_client, user):
     key = new_key()
-    views.FAULTS["before_phases"] = raise_(ApplicationError("Not now."))
+    views.FAULTS["before_phases"] = raise_(ProblemError("Not now."))
     assert_problem(post(auth_client, key), 400, "bad_request")
     assert not IdempotencyRecord.objects.filter(principal=user).exists()
     views.FAULTS.clear()
     assert post(auth_client, key).status_code == 201
 
 
-class PaymentDeclinedError(ApplicationError):
+class PaymentDeclinedError(ProblemError):
     status = 402
     code = "payment_declined"
     title = "Payment declined"
@@ -238,7 +239,7 @@ def test_a_4xx_after_execution_began_is_stored_and_replayed(auth_client, user):
     "failure",
     [
         pytest.param(RuntimeError("process fault"), id="unhandled-exception-500"),
-        pytest.param(DependencyUnavailableError("payments", retry_after=1), id="503-response"),
+        pytest.param(DependencyUnavailableError("payments", retry_after_s=1), id="503-response"),
     ],
 )
 def test_failure_after_phase_1_resumes_from_the_recovery_point(user, failure):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.checks import run_checks
 
-from resilience.policies import PolicyError, build_policy, get_policy
+from resilience.policies import PolicyError, build_dependency_policy, get_policy
 
 VALID = {"timeouts": {"connect_s": 0.5, "read_s": 1.0}}
 
@@ -32,7 +32,7 @@ VALID = {"timeouts": {"connect_s": 0.5, "read_s": 1.0}}
 )
 def test_bad_policies_are_rejected(raw, message):
     with pytest.raises(PolicyError, match=message):
-        build_policy("dep", raw)
+        build_dependency_policy("dep", raw)
 
 
 def test_the_system_check_reports_a_misspelt_key(settings):

@@ -9,12 +9,15 @@ a 503 with a short Retry-After are still retried within the budget. Off the requ
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
 
 from conftest import override_policy
 from resilience import deadline
+from resilience.errors import DependencyUnavailableError
 from resilience.http import ResilientSession
 from tests.processes import free_port
 
@@ -34,6 +37,14 @@ def session(payments, settings):
     return ResilientSession("payments")
 
 
+@contextmanager
+def raises_unreachable(cause: type[BaseException]) -> Iterator[None]:
+    """The client's refusal, caused by ``cause`` (what the policies gave up on)."""
+    with pytest.raises(DependencyUnavailableError) as caught:
+        yield
+    assert isinstance(caught.value.__cause__, cause), repr(caught.value.__cause__)
+
+
 def authorize(session: ResilientSession) -> requests.Response:
     return session.request("POST", "/authorizations", json=BODY, idempotency_key="k-rp")
 
@@ -41,7 +52,7 @@ def authorize(session: ResilientSession) -> requests.Response:
 def test_on_the_request_path_a_read_timeout_is_not_retried_and_fits_the_budget(session, payments):
     payments.set_faults(latency_ms=800)
     started = time.perf_counter()
-    with deadline.request_path(5.0), pytest.raises(requests.ReadTimeout):
+    with deadline.request_path(5.0), raises_unreachable(requests.ReadTimeout):
         authorize(session)
     took = time.perf_counter() - started
     assert payments.stats()["requests"] == 1  # one attempt, no retry of the read timeout
@@ -51,7 +62,7 @@ def test_on_the_request_path_a_read_timeout_is_not_retried_and_fits_the_budget(s
 def test_the_request_deadline_still_clips_a_larger_budget(session, payments):
     payments.set_faults(latency_ms=800)
     started = time.perf_counter()
-    with deadline.request_path(0.15), pytest.raises(requests.ReadTimeout):
+    with deadline.request_path(0.15), raises_unreachable(requests.ReadTimeout):
         authorize(session)
     assert time.perf_counter() - started < BUDGET_S
 
@@ -67,7 +78,7 @@ def test_off_the_request_path_the_call_gets_the_full_read_timeout(session, payme
 def test_off_the_request_path_a_read_timeout_is_retried(session, payments, settings):
     override_policy(settings, "payments", timeouts={"read_s": 0.2})
     payments.set_faults(latency_ms=400)
-    with pytest.raises(requests.ReadTimeout):
+    with raises_unreachable(requests.ReadTimeout):
         ResilientSession("payments").request(
             "POST", "/authorizations", json=BODY, idempotency_key="k-bg"
         )
@@ -111,7 +122,7 @@ def test_on_the_request_path_a_refused_connection_is_retried(settings):
         return real()
 
     client._session = counting
-    with deadline.request_path(5.0), pytest.raises(requests.ConnectionError):
+    with deadline.request_path(5.0), raises_unreachable(requests.ConnectionError):
         authorize(client)
     assert len(attempts) == 3  # every attempt fitted in the budget
 

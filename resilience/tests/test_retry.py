@@ -143,9 +143,9 @@ def test_stops_when_the_budget_is_spent():
 
 @pytest.mark.parametrize("attempts", [0, 11])
 def test_unbounded_or_absent_attempts_are_refused(attempts):
-    from resilience.policies import PolicyError, build_policy
+    from resilience.policies import PolicyError, build_dependency_policy
 
     with pytest.raises(PolicyError, match="max_attempts"):
-        build_policy(
+        build_dependency_policy(
             "x", {"timeouts": {"connect_s": 1, "read_s": 1}, "retry": {"max_attempts": attempts}}
         )

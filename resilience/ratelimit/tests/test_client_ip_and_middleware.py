@@ -8,8 +8,8 @@ import pytest
 
 from resilience.ratelimit.client_ip import resolve_client_ip
 from resilience.ratelimit.errors import QUOTA_EXCEEDED_TYPE
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.problems import assert_problem
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,8 @@ import re
 import pytest
 from django.core.management import CommandError, call_command
 
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.problems import assert_problem
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

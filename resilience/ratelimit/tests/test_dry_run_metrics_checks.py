@@ -8,8 +8,8 @@ from prometheus_client import REGISTRY
 
 from resilience.ratelimit.checks import check_ratelimit_settings
 from resilience.ratelimit.config import build_config
-from resilience.ratelimit.testing import ratelimit_settings
 from resilience.ratelimit.tests.sf import parse_ratelimit_fields
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

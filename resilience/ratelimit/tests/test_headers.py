@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from resilience.ratelimit.headers import ServiceLimit, render, retry_after_seconds
-from resilience.ratelimit.testing import ratelimit_settings
 from resilience.ratelimit.tests.sf import Token, parse_list, parse_ratelimit_fields
 from tests.problems import assert_problem
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db
 

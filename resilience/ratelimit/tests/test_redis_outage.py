@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from resilience.ratelimit.limiter import DECISIONS_ATTRIBUTE, Limiter, use_limiter
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.processes import wait_for
+from tests.ratelimit_support import ratelimit_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

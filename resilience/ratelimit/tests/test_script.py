@@ -21,7 +21,7 @@ from resilience.ratelimit.storage import (
     RedisBucketStore,
     StoreUnavailableError,
 )
-from resilience.ratelimit.testing import FakeClock, ratelimit_settings
+from tests.ratelimit_support import FakeClock, ratelimit_settings
 
 MONITOR_TIMEOUT_S = 10
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from common.errors import ApplicationError
+from resilience.problems import ProblemError
 from webhooks import selectors, services
 from webhooks.models import Delivery, DeliveryStatus
 
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         elif options["delivery"]:
             try:
                 services.delivery_replay(delivery_id=options["delivery"])
-            except ApplicationError as exc:
+            except ProblemError as exc:
                 raise CommandError(exc.detail) from exc
             self.stdout.write(f"replayed {options['delivery']}")
         elif options["dead"]:
