@@ -23,17 +23,9 @@ from orders.models import RefundStatus
 from orders.refund_serializers import RefundCreateInputSerializer, RefundOutputSerializer
 from resilience.concurrency import priority
 from resilience.idempotency import idempotent
-from resilience.ratelimit.throttles import TokenBucketThrottle
+from resilience.ratelimit.throttles import throttle
 
 ORDER_REFUND_SCOPE = "orders.refund"
-
-
-class RefundCreateThrottle(TokenBucketThrottle):
-    """Refunds per user (``POST`` only): the ``orders_refund`` policy of the settings."""
-
-    policies = ("orders_refund",)
-    methods = frozenset({"POST"})
-
 
 REFUND_EXAMPLE = {
     "id": "9b2d4c1e-5f6a-4b7c-8d9e-0a1b2c3d4e5f",
@@ -49,7 +41,7 @@ REFUND_EXAMPLE = {
 
 @priority("normal", POST="critical")
 class OrderRefundsApi(APIView):
-    throttle_classes = [RefundCreateThrottle]  # POST only
+    throttle_classes = [throttle("orders_refund", methods={"POST"})]  # listing is not limited
     pagination_class = BoundedPageNumberPagination  # GET: documents the envelope
 
     @problems(

@@ -31,14 +31,15 @@ from django.db import transaction
 from django.db.models import Case, F, QuerySet, Value, When
 from django.utils import timezone
 
-from common.errors import ConflictError, ErrorCode, UnprocessableError
+from common.errors import ErrorCode
 from orders.models import ORDER_TRANSITIONS, Order, OrderStatus, Refund, RefundStatus
-from orders.payments import PAYMENTS_UNAVAILABLE
+from orders.payments import PAYMENTS
 from orders.selectors import order_get
 from resilience import metrics
-from resilience.calls import REFUSALS
 from resilience.db_routing import current_alias
+from resilience.errors import PolicyRefusal, Refusal
 from resilience.http import client
+from resilience.problems import ConflictError, UnprocessableError
 from webhooks.services import outbox_emit
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,9 @@ class RefundDeclinedError(Exception):
 
 
 def payments_refund(refund: Refund, *, authorization_id: str, retry: bool = True) -> str:
-    """Refund at the provider; return its refund id, or raise declined / PAYMENTS_UNAVAILABLE."""
-    response = client("payments").request(
+    """Refund at the provider; return its refund id. Raises :class:`RefundDeclinedError`,
+    or a :class:`resilience.errors.Refusal` when the provider cannot be asked now."""
+    response = client(PAYMENTS).request(
         "POST",
         "/refunds",
         json={
@@ -175,10 +177,10 @@ def _ask(refund: Refund, *, retry: bool) -> tuple[str, dict[str, Any]]:
     except RefundDeclinedError as exc:
         logger.warning("refund declined", extra={"refund_id": str(refund.id), "status": exc.status})
         return RefundStatus.FAILED, {}
-    except PAYMENTS_UNAVAILABLE as exc:
+    except Refusal as exc:  # payments cannot be asked now: the refund stays pending
         fields: dict[str, Any] = {"reason": type(exc).__name__}
-        if isinstance(exc, REFUSALS):  # our own "not now": payments was not even called
-            fields["refused_for_s"] = getattr(exc, "retry_after_s", None) or 0.0
+        if isinstance(exc, PolicyRefusal):  # our own "not now": payments was not even called
+            fields["refused_for_s"] = exc.retry_after_s or 0.0
         return RefundStatus.PENDING, fields
     return RefundStatus.SUCCEEDED, {"provider_refund_id": provider_id}
 

@@ -14,10 +14,10 @@ from orders import refunds
 from orders.models import Order, Refund
 from resilience.breakers import breaker
 from resilience.policies import get_policy
-from resilience.ratelimit.testing import ratelimit_settings
 from tests.concurrency import client_with_token, run_threads
 from tests.problems import assert_problem
 from tests.processes import celery_worker_command, child_environment, running, wait_for
+from tests.ratelimit_support import ratelimit_settings
 from webhooks.models import OutboxEvent
 
 pytestmark = pytest.mark.usefixtures("no_load_shedding")
