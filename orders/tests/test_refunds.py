@@ -392,3 +392,12 @@ def test_a_sweep_claims_what_it_enqueues_and_releases_what_it_cannot_publish(
     with pytest.raises(ConnectionError):
         refund_tasks.sweep_pending_refunds()
     assert refund_tasks.refunds_claim_due(limit=10)  # due again at once
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_refunds_read_only(payments, auth_client, admin_client):
+    order_id = paid_order(auth_client)
+    refund_id = refund(auth_client, order_id, {"amount": 100}).json()["id"]
+    assert admin_client.get("/admin/orders/refund/").status_code == 200
+    assert admin_client.get(f"/admin/orders/refund/{refund_id}/change/").status_code == 200
+    assert admin_client.get("/admin/orders/refund/add/").status_code == 403
