@@ -108,10 +108,13 @@ class OrderListCreateApi(APIView):
         # client may fix the body and retry with the same key (Stripe's rule).
         data = OrderCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        order = services.order_place(
-            owner=request.user, recovery=request.idempotency, **data.validated_data
+        # The answer is built and stored inside the last phase's transaction.
+        return services.order_place(
+            owner=request.user,
+            recovery=request.idempotency,
+            respond=order_created_response,
+            **data.validated_data,
         )
-        return order_created_response(order)
 
     @extend_schema(
         responses={200: OrderOutputSerializer(many=True)},

@@ -1,26 +1,23 @@
 """Finish an order placement whose client never came back (brandur's completer).
 
-The idempotency completer calls this for ``orders.create`` records left mid-way (a
-crashed process, a client that gave up). It resumes from the recorded point exactly as
-a client retry would, and the response it returns is stored for that client's replay.
+The idempotency completer runs ``ORDER_PLACEMENT`` for ``orders.create`` records left
+mid-way (a crashed process, a client that gave up), resuming from the recorded point
+exactly as a client retry would; the answer it stores is that client's replay.
 """
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
-
-from orders import services
+from orders.models import Order
 from orders.serializers import OrderOutputSerializer
-from resilience.idempotency import IdempotencyContext, StoredResponse
+from orders.services import ORDER_PLACEMENT
+from resilience.idempotency import StoredResponse
 
 
-def complete_order_create(ctx: IdempotencyContext) -> StoredResponse | None:
-    """Resume the placement; ``None`` (leave it) when it never created the order."""
-    if ctx.recovery_point == "started":
-        return None
-    owner = get_user_model().objects.get(pk=ctx.principal_id)
-    # Items and currency are not needed to resume: the order exists from phase 1.
-    order = services.order_place(owner=owner, currency="", items=[], recovery=ctx)
+def stored_order_response(order: Order) -> StoredResponse:
+    """The 201 of a placed order, as ``orders.apis.order_created_response`` renders it."""
     return StoredResponse.json(
         201, OrderOutputSerializer(order).data, headers={"Location": f"/api/v1/orders/{order.id}"}
     )
+
+
+complete_order_create = ORDER_PLACEMENT.completer(respond=stored_order_response)

@@ -28,24 +28,22 @@ class Authorization:
     id: str
 
 
-def payment_idempotency_key(order_id: object) -> str:
-    """Derived from the order alone, so a resumed or retried authorisation never charges twice."""
-    return f"order-{order_id}"
-
-
 def payments_authorize(
-    *, order_id: object, amount: int, currency: str, retry: bool = True
+    *, order_id: object, amount: int, currency: str, idempotency_key: str, retry: bool = True
 ) -> Authorization:
     """Authorise ``amount`` for the order.
 
     Raises :class:`PaymentDeclinedError`, or a :class:`resilience.errors.Refusal` when
     the provider cannot be asked now (the order is then accepted as ``pending_payment``).
+    ``idempotency_key`` comes from the caller's declared operation
+    (``ORDER_PLACEMENT.downstream_key``), the one place keys are derived, so a resumed or
+    retried authorisation never charges twice.
     """
     response = client(PAYMENTS).request(
         "POST",
         "/authorizations",
         json={"order_id": str(order_id), "amount": amount, "currency": currency},
-        idempotency_key=payment_idempotency_key(order_id),
+        idempotency_key=idempotency_key,
         retry=retry,
     )
     if response.status_code in (200, 201):

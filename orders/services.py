@@ -1,24 +1,25 @@
 """Writes for orders. Each phase is one transaction on the current workload's alias.
 
-Placing an order follows the three phases of docs/worst-case-request.md:
+Placing an order is a declared operation (``ORDER_PLACEMENT``, resilience.phases) of the
+three phases of docs/worst-case-request.md:
 
-1. one transaction: create the order ``pending`` and record the recovery point;
+1. one transaction: create the order ``pending`` (and its ``order.created`` event);
 2. no transaction open: authorise the payment through the resilient client;
 3. one transaction: ``paid`` (or ``pending_payment`` when payments is unavailable, or
-   ``failed`` when declined) and the next recovery point.
+   ``failed`` when declined) and its event.
 
-A crash between phases leaves the recovery point; a retry with the same idempotency
-key resumes from it, and the payment key derived from the order id makes a repeated
-authorisation return the same charge.
+The library records the recovery points, resumes a retry with the same idempotency key
+after the last one reached, and derives the payment key from the order, so a repeated
+authorisation (a resumed request, the deferred retry) returns the same charge.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -29,6 +30,8 @@ from orders.payments import PaymentDeclinedError, payments_authorize
 from resilience import metrics
 from resilience.db_routing import current_alias
 from resilience.errors import PolicyRefusal, Refusal
+from resilience.idempotency import IdempotencyContext
+from resilience.phases import Operation, Progress, atomic, call
 from resilience.problems import ConflictError
 from webhooks.services import outbox_emit
 
@@ -40,34 +43,6 @@ class InvalidTransitionError(ConflictError):
     title = "Order cannot change to that status"
 
 
-class RecoveryLog(Protocol):
-    """Where a phased handler records progress (an idempotency record, or nothing)."""
-
-    recovery_point: str
-    resource_id: Any
-
-    def advance(self, point: str, *, resource_id: Any = None) -> None: ...
-
-
-class NoRecovery:
-    """Used when the client sent no idempotency key: progress is not recorded."""
-
-    recovery_point = "started"
-    resource_id = None
-
-    def advance(self, point: str, *, resource_id: Any = None) -> None:
-        self.recovery_point = point
-        if resource_id is not None:
-            self.resource_id = resource_id
-
-
-# Recovery points of an order placement, in order. Phase 3 ends in one of the last three.
-STARTED, ORDER_CREATED = "started", "order_created"
-SETTLED_POINTS = {
-    OrderStatus.PAID: "payment_authorized",
-    OrderStatus.PENDING_PAYMENT: "payment_deferred",
-    OrderStatus.FAILED: "payment_declined",
-}
 # The webhook event written in the same transaction as each status change (adr/0006).
 ORDER_EVENTS = {
     OrderStatus.PENDING: "order.created",
@@ -138,10 +113,14 @@ def order_transition(*, order_id: Any, to_status: str, **changes: Any) -> Order:
 
 
 def _authorize(order: Order, *, retry: bool) -> tuple[str, dict[str, Any]]:
-    """Phase 2: ask payments; return the status to settle in and the fields to write."""
+    """Ask payments; return the status to settle in and the fields to write."""
     try:
         authorization = payments_authorize(
-            order_id=order.id, amount=order.total_amount, currency=order.currency, retry=retry
+            order_id=order.id,
+            amount=order.total_amount,
+            currency=order.currency,
+            idempotency_key=ORDER_PLACEMENT.downstream_key(order.id),
+            retry=retry,
         )
     except PaymentDeclinedError as exc:
         logger.info("payment declined", extra={"order_id": str(order.id), "status": exc.status})
@@ -162,41 +141,66 @@ def _next_attempt_at(attempt: int) -> Any:
     return timezone.now() + timedelta(seconds=delay)
 
 
-def _settle(order: Order, status: str, fields: dict[str, Any], recovery: RecoveryLog) -> Order:
-    """Phase 3: the outcome and the recovery point commit together."""
+# --- Placing an order: what each phase does; resilience.phases runs and records them ----
+def _create_order(progress: Progress) -> Order:
+    """Phase 1: the order, its items and its ``order.created`` event."""
+    order = order_create(**progress.inputs)
+    _emit_order_event(order)
+    return order
+
+
+def _authorize_payment(progress: Progress) -> tuple[str, dict[str, Any]]:
+    """Phase 2, no transaction open: the request path's authorisation, with retries."""
+    return _authorize(progress.resource, retry=True)
+
+
+def _settle(progress: Progress) -> Order:
+    """Phase 3: the outcome of the authorisation and its event."""
+    order = progress.resource
+    status, fields = progress.result
     reason = fields.pop("reason", None)
     fields.pop("refused_for_s", None)
     if status == OrderStatus.PENDING_PAYMENT:
         metrics.DEGRADED_RESPONSES.labels("payments", "pending_payment").inc()
         logger.warning("payment deferred", extra={"order_id": str(order.id), "reason": reason})
         fields["next_payment_attempt_at"] = _next_attempt_at(0)
-    with transaction.atomic(using=current_alias()):
-        order = order_transition(order_id=order.id, to_status=status, **fields)
-        _emit_order_event(order)
-        recovery.advance(SETTLED_POINTS[status])
+    order = order_transition(order_id=order.id, to_status=status, **fields)
+    _emit_order_event(order)
     return order
+
+
+ORDER_PLACEMENT = Operation(
+    "order",  # the payment key is "order-<id>", from every path (adr/0014)
+    load=lambda order_id: Order.objects.get(id=order_id),
+    phases=[
+        atomic("order_created", _create_order),
+        call("authorize", _authorize_payment),
+        # Before declared phases, phase 3 recorded its outcome in the point's name.
+        atomic(
+            "payment_settled",
+            _settle,
+            formerly=("payment_authorized", "payment_deferred", "payment_declined"),
+        ),
+    ],
+)
 
 
 def order_place(
     *,
-    owner: Any,
-    currency: str,
-    items: Iterable[Mapping[str, Any]],
-    recovery: RecoveryLog | None = None,
-) -> Order:
-    """Create an order and authorise its payment, resuming from ``recovery`` if given."""
-    recovery = recovery or NoRecovery()
-    if recovery.recovery_point == STARTED:
-        with transaction.atomic(using=current_alias()):
-            order = order_create(owner=owner, currency=currency, items=items)
-            _emit_order_event(order)
-            recovery.advance(ORDER_CREATED, resource_id=order.id)
-    else:
-        order = Order.objects.get(id=recovery.resource_id, owner=owner)
-    if recovery.recovery_point == ORDER_CREATED:
-        status, fields = _authorize(order, retry=True)
-        order = _settle(order, status, fields, recovery)
-    return Order.objects.prefetch_related("items").get(id=order.id)
+    owner: Any = None,
+    currency: str = "",
+    items: Iterable[Mapping[str, Any]] = (),
+    recovery: IdempotencyContext | None = None,
+    respond: Callable[[Order], Any] | None = None,
+) -> Any:
+    """Create an order and authorise its payment, resuming from ``recovery`` if given.
+
+    Returns ``respond(order)`` (stored as the idempotent answer with the last phase), or
+    the order. A resumed placement needs no inputs: the order exists from phase 1.
+    """
+    return ORDER_PLACEMENT.run(
+        recovery=recovery, respond=respond, owner=owner, currency=currency, items=items
+    )
 
 
 def deferred_payments_claim_due(*, limit: int) -> list[Any]:
@@ -280,6 +284,7 @@ def order_authorize_deferred(*, order_id: Any) -> Order:
 
 
 __all__ = [
+    "ORDER_PLACEMENT",
     "InvalidTransitionError",
     "OrderStatus",
     "deferred_payments_claim_due",

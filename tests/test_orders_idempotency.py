@@ -87,13 +87,13 @@ def test_a_crash_after_the_charge_is_resumed_without_charging_twice(payments, us
     client = client_for(user)
     client.raise_request_exception = False
     key = str(uuid.uuid4())
-    real_settle = services._settle
+    real = services.ORDER_PLACEMENT
 
-    def crash_once(*args, **kwargs):
-        monkeypatch.setattr(services, "_settle", real_settle)
+    def crash_once(progress):
+        monkeypatch.setattr(services, "ORDER_PLACEMENT", real)
         raise RuntimeError("process died after the authorisation, before phase 3")
 
-    monkeypatch.setattr(services, "_settle", crash_once)
+    monkeypatch.setattr(services, "ORDER_PLACEMENT", real.with_phase("payment_settled", crash_once))
     first = post(client, key)
     assert first.status_code == 500
     order = Order.objects.get()
@@ -109,3 +109,44 @@ def test_a_crash_after_the_charge_is_resumed_without_charging_twice(payments, us
     replay = post(client, key)
     assert replay.get("Idempotent-Replayed") == "true"
     assert replay.json() == retry.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_completer_finishes_a_placement_whose_client_never_came_back(
+    payments, user, monkeypatch, settings
+):
+    from resilience.idempotency import idempotency_records_complete_stale, override_clock
+    from resilience.models import IdempotencyRecord
+    from resilience.tests.idempotency_helpers import FakeClock
+
+    client = client_for(user)
+    client.raise_request_exception = False
+    key = str(uuid.uuid4())
+
+    def died(progress):
+        raise SystemExit("the web process died before asking payments")
+
+    real = services.ORDER_PLACEMENT
+    monkeypatch.setattr(services, "ORDER_PLACEMENT", real.with_phase("authorize", died))
+    clock = FakeClock()
+    with override_clock(clock), pytest.raises(SystemExit):
+        post(client, key)
+    monkeypatch.setattr(services, "ORDER_PLACEMENT", real)
+    order = Order.objects.get()
+    record = IdempotencyRecord.objects.get(key=key)
+    assert (record.recovery_point, record.resource_id) == ("order_created", str(order.id))
+    assert payments.stats()["authorizations"] == 0
+
+    clock.advance(seconds=settings.IDEMPOTENCY_COMPLETER_AFTER_S + 1)
+    with override_clock(clock):
+        assert idempotency_records_complete_stale()["completed"] == 1
+    record.refresh_from_db()
+    order.refresh_from_db()
+    assert (record.recovery_point, record.response_status, order.status) == (
+        "finished", 201, "paid",
+    )  # fmt: skip
+    assert payments.requests_by_key() == {f"order-{order.id}": 1}
+    replay = post(client, key)
+    assert replay.get("Idempotent-Replayed") == "true"
+    assert replay.json()["id"] == str(order.id)
+    assert replay.json()["status"] == "paid"

@@ -22,7 +22,13 @@ from rest_framework.views import APIView
 
 from orders.models import Order, OrderStatus
 from resilience.db_routing import current_alias
-from resilience.idempotency import STARTED, IdempotencyContext, StoredResponse, idempotent
+from resilience.idempotency import (
+    STARTED,
+    IdempotencyContext,
+    StoredResponse,
+    downstream_key,
+    idempotent,
+)
 
 SCOPE = "tests.orders.create"
 FAULTS: dict[str, Callable[[], None]] = {}
@@ -38,7 +44,7 @@ def fault(name: str) -> None:
 
 def authorize_payment(order: Order) -> None:
     with _authorizations_lock:
-        AUTHORIZATIONS.append((str(order.id), f"order-{order.id}-authorize"))
+        AUTHORIZATIONS.append((str(order.id), downstream_key("order", order.id, "authorize")))
 
 
 def run_phases(ctx: IdempotencyContext | None, *, owner: Any, amount: int, currency: str) -> Order:

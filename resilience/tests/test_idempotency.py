@@ -12,9 +12,15 @@ from prometheus_client import REGISTRY
 
 from conftest import client_for
 from orders.models import Order
-from resilience import idempotency
 from resilience.errors import DependencyUnavailableError
-from resilience.idempotency import IdempotencyLockLostError, override_clock, request_fingerprint
+from resilience.idempotency import (
+    IdempotencyLockLostError,
+    claims,
+    downstream_key,
+    override_clock,
+    request_fingerprint,
+    store,
+)
 from resilience.models import IdempotencyRecord
 from resilience.problems import ProblemError
 from resilience.tests import idempotency_views as views
@@ -367,7 +373,7 @@ def test_retry_after_never_points_past_the_lock_expiry(user, settings):
 # --- Context API --------------------------------------------------------------------------
 def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
     clock = FakeClock()
-    claim = idempotency._Claim(
+    claim = claims.Claim(
         principal_id=user.pk,
         key=new_key(),
         scope="tests.ctx",
@@ -376,8 +382,8 @@ def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
         fingerprint="f" * 64,
     )
     with override_clock(clock):
-        outcome, record, token = idempotency._claim(claim)
-        ctx = idempotency.IdempotencyContext(record, lock_token=token, outcome=outcome)
+        outcome, record, token = claims.claim_record(claim)
+        ctx = store.IdempotencyContext(record, lock_token=token, outcome=outcome)
         for reserved in ("started", "finished", "", "x" * 65):
             with pytest.raises(ValueError, match="recovery point"):
                 ctx.advance(reserved)
@@ -387,7 +393,7 @@ def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
         # Another attempt takes the expired lock over; our next advance must fail and
         # roll back the phase it belongs to.
         clock.advance(seconds=3600)
-        assert idempotency._claim(claim)[0] == "resumed"
+        assert claims.claim_record(claim)[0] == "resumed"
 
         def phase_two() -> None:
             with transaction.atomic():
@@ -400,27 +406,16 @@ def test_advance_refuses_reserved_points_and_fails_once_the_lock_is_lost(user):
     assert IdempotencyRecord.objects.get(pk=record.pk).recovery_point == "step_one"
 
 
-def test_downstream_key_is_deterministic_and_distinct_per_principal_and_suffix(make_user):
-    alice, bob = make_user()[0], make_user()[0]
-    contexts = []
-    for principal in (alice, bob, alice):
-        claim = idempotency._Claim(
-            principal_id=principal.pk,
-            key="same-key",
-            scope="tests.ctx",
-            method="POST",
-            path="/x",
-            fingerprint="f" * 64,
-        )
-        outcome, record, token = idempotency._claim(claim)
-        contexts.append(idempotency.IdempotencyContext(record, lock_token=token, outcome=outcome))
-        if outcome == "first":
-            contexts[-1]._release()
-    alice_ctx, bob_ctx, alice_again = contexts
-    assert alice_ctx.downstream_key("pay") == alice_again.downstream_key("pay")
-    assert len(alice_ctx.downstream_key("pay")) == 64
-    assert alice_ctx.downstream_key("pay") != bob_ctx.downstream_key("pay")
-    assert alice_ctx.downstream_key("pay") != alice_ctx.downstream_key("refund")
+def test_downstream_key_is_deterministic_and_distinct_per_resource_and_step():
+    order_a, order_b = uuid.uuid4(), uuid.uuid4()
+    assert downstream_key("order", order_a) == downstream_key("order", order_a)
+    assert downstream_key("order", order_a) == f"order-{order_a}"  # what payments has seen
+    assert downstream_key("order", order_a) != downstream_key("order", order_b)
+    assert downstream_key("order", order_a) != downstream_key("refund", order_a)
+    assert downstream_key("order", order_a, "capture") == f"order-{order_a}-capture"
+    assert downstream_key("order", order_a, "capture") != downstream_key("order", order_a)
+    with pytest.raises(ValueError, match="namespace"):
+        downstream_key("", order_a)
 
 
 # --- Logs and the schema --------------------------------------------------------------------------
