@@ -22,10 +22,30 @@ from orders import refunds
 from orders.models import RefundStatus
 from orders.refund_serializers import RefundCreateInputSerializer, RefundOutputSerializer
 from resilience.concurrency import priority
-from resilience.idempotency import idempotent
+from resilience.idempotency import StoredResponse, idempotent
 from resilience.ratelimit.throttles import throttle
 
 ORDER_REFUND_SCOPE = "orders.refund"
+
+
+def refund_status_code(refund) -> int:
+    """202 while the refund is pending (payments was unavailable), else 201."""
+    pending = refund.status == RefundStatus.PENDING
+    return status.HTTP_202_ACCEPTED if pending else status.HTTP_201_CREATED
+
+
+def refund_response(refund) -> Response:
+    """The answer of a refund request (also what the idempotency record stores)."""
+    return Response(RefundOutputSerializer(refund).data, status=refund_status_code(refund))
+
+
+def stored_refund_response(refund) -> StoredResponse:
+    """The same answer, for the completer of a refund request left mid-way."""
+    return StoredResponse.json(refund_status_code(refund), RefundOutputSerializer(refund).data)
+
+
+# Finishes a refund request whose client never came back, as its retry would (apps.py).
+complete_refund = refunds.REFUND.completer(respond=stored_refund_response)
 
 REFUND_EXAMPLE = {
     "id": "9b2d4c1e-5f6a-4b7c-8d9e-0a1b2c3d4e5f",
@@ -87,16 +107,13 @@ class OrderRefundsApi(APIView):
         # nothing, so the client may fix the body and retry with the same key.
         data = RefundCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        refund = refunds.refund_create(
+        # The answer is built and stored inside the last phase's transaction.
+        return refunds.refund_create(
             owner=request.user,
             order_id=order_id,
             recovery=request.idempotency,
+            respond=refund_response,
             **data.validated_data,
-        )
-        pending = refund.status == RefundStatus.PENDING
-        return Response(
-            RefundOutputSerializer(refund).data,
-            status=status.HTTP_202_ACCEPTED if pending else status.HTTP_201_CREATED,
         )
 
     @extend_schema(

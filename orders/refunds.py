@@ -1,30 +1,33 @@
 """Refunds of paid orders, all or part of the amount, through the payment provider.
 
-Refunding follows the three phases of placing an order (docs/adding-a-resilient-endpoint.md):
+Refunding is a declared operation (``REFUND``, resilience.phases; the walk in
+docs/adding-a-resilient-endpoint.md):
 
-1. one transaction: reserve the amount on the order and create the refund ``pending``,
-   with the recovery point. The reservation is one conditional UPDATE: the order is
-   paid (or partly refunded), and what is refunded or pending plus this amount stays
-   within its total. It is the check and the write in one statement, so concurrent
-   refunds can never reserve more than was paid (and a CHECK constraint says so too);
-2. no transaction open: ``POST /refunds`` through the resilient client, with the refund's
-   id as the provider's Idempotency-Key (a repeated call returns the same refund);
-3. one transaction: ``succeeded`` (the order's refunded amount and status move, and
-   ``order.refunded`` is staged in the webhook outbox), or ``failed`` when the provider
-   declines (the reservation is released). When payments is unavailable the refund stays
-   ``pending`` and the sweep (:func:`refunds_claim_due`, beat) completes it later.
+1. ``refund_created``, one transaction: reserve the amount on the order and create the
+   refund ``pending``. The reservation is one conditional UPDATE: the order is paid (or
+   partly refunded), and what is refunded or pending plus this amount stays within its
+   total. It is the check and the write in one statement, so concurrent refunds can
+   never reserve more than was paid (and a CHECK constraint says so too);
+2. ``refund``, no transaction open: ``POST /refunds`` through the resilient client, with
+   the operation's downstream key (``refund-<id>``: a repeated call is the same refund);
+3. ``refund_settled``, one transaction: ``succeeded`` (the order's refunded amount and
+   status move, and ``order.refunded`` is staged in the webhook outbox), or ``failed``
+   when the provider declines (the reservation is released). When payments is
+   unavailable the refund stays ``pending`` and the sweep (:func:`refunds_claim_due`,
+   beat) completes it later.
 
-Only phase 3 of a ``pending`` refund writes its outcome (a conditional UPDATE on the
-refund's status), so a client's retry and the sweep racing on one refund apply it once.
+Only the attempt that moves a refund out of ``pending`` writes its outcome (a
+conditional UPDATE on the refund's status), so a client's retry and the sweep racing on
+one refund apply it once.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -39,6 +42,8 @@ from resilience import metrics
 from resilience.db_routing import current_alias
 from resilience.errors import PolicyRefusal, Refusal
 from resilience.http import client
+from resilience.idempotency import IdempotencyContext
+from resilience.phases import Operation, Progress, atomic, call
 from resilience.problems import ConflictError, UnprocessableError
 from webhooks.services import outbox_emit
 
@@ -49,33 +54,6 @@ REFUNDABLE = frozenset(
     s for s, targets in ORDER_TRANSITIONS.items() if OrderStatus.REFUNDED in targets
 )
 REFUND_EVENT = "order.refunded"
-# Recovery points of a refund, in order; phase 3 ends in one of the last three.
-STARTED, CREATED = "started", "refund_created"
-SETTLED_POINTS = {
-    RefundStatus.SUCCEEDED: "refund_succeeded",
-    RefundStatus.FAILED: "refund_declined",
-    RefundStatus.PENDING: "refund_deferred",
-}
-
-
-class RecoveryLog(Protocol):
-    """Where the phases record progress: the idempotency record, or nothing."""
-
-    recovery_point: str
-    resource_id: Any
-
-    def advance(self, point: str, *, resource_id: Any = None) -> None: ...
-
-
-class NoRecovery:
-    """Used when the client sent no idempotency key: progress is not recorded."""
-
-    recovery_point = STARTED
-    resource_id = None
-
-    def advance(self, point: str, *, resource_id: Any = None) -> None:
-        self.recovery_point = point
-        self.resource_id = resource_id if resource_id is not None else self.resource_id
 
 
 class OrderNotRefundableError(ConflictError):
@@ -113,7 +91,7 @@ def payments_refund(refund: Refund, *, authorization_id: str, retry: bool = True
             "amount": refund.amount,
             "currency": refund.currency,
         },
-        idempotency_key=str(refund.id),
+        idempotency_key=REFUND.downstream_key(refund.id),
         retry=retry,
     )
     if response.status_code in (200, 201):
@@ -140,7 +118,7 @@ def _refusal(order: Order, amount: int) -> Exception:
 def refund_reserve(
     *, owner: Any, order_id: Any, amount: int, currency: str | None = None, reason: str = ""
 ) -> Refund:
-    """Phase 1 (inside the caller's transaction): reserve ``amount``, create the refund."""
+    """Reserve ``amount`` and create the refund, in the caller's transaction (phase 1)."""
     order = order_get(owner=owner, order_id=order_id)  # 404 for another user's order
     if currency is not None and currency != order.currency:
         raise RefundCurrencyMismatchError(
@@ -168,7 +146,8 @@ def refund_reserve(
 
 # --- Phase 2: ask the provider ------------------------------------------------------------
 def _ask(refund: Refund, *, retry: bool) -> tuple[str, dict[str, Any]]:
-    """Phase 2: the status to settle in and the fields to write (``refused_for_s``: not asked)."""
+    """Ask the provider: the status to settle in and the fields to write
+    (``refused_for_s``: our own refusal, the provider was not asked)."""
     order = Order.objects.only("payment_authorization_id").get(id=refund.order_id)
     try:
         provider_id = payments_refund(
@@ -243,9 +222,26 @@ def _next_attempt_at(attempt: int) -> Any:
     return timezone.now() + timedelta(seconds=delay)
 
 
-def _settle(refund: Refund, status: str, fields: dict[str, Any], recovery: RecoveryLog) -> None:
-    """Phase 3 of a request: the outcome, or the deferral, and the recovery point together."""
-    with transaction.atomic(using=current_alias()):
+# --- The operation: what each phase does; resilience.phases runs and records them ---------
+def _reserve(progress: Progress) -> Refund:
+    """Phase 1 (its transaction): the reservation and the ``pending`` refund."""
+    return refund_reserve(**progress.inputs)
+
+
+def _ask_provider(progress: Progress) -> tuple[str, dict[str, Any]] | None:
+    """Phase 2, no transaction open: the request path's call, with retries (None: the
+    refund was settled meanwhile, by the sweep, before this resumed request)."""
+    refund = progress.resource
+    if refund.status != RefundStatus.PENDING:
+        return None
+    return _ask(refund, retry=True)
+
+
+def _settle(progress: Progress) -> Refund:
+    """Phase 3 (its transaction): the outcome, or the deferral of a pending refund."""
+    refund = progress.resource
+    if progress.result is not None:
+        status, fields = progress.result
         if status == RefundStatus.PENDING:
             metrics.DEGRADED_RESPONSES.labels("payments", "refund_pending").inc()
             logger.warning(
@@ -256,7 +252,18 @@ def _settle(refund: Refund, status: str, fields: dict[str, Any], recovery: Recov
             )
         else:
             _apply(refund, status, fields.get("provider_refund_id", ""))
-        recovery.advance(SETTLED_POINTS[status])
+    return Refund.objects.get(id=refund.id)
+
+
+REFUND = Operation(
+    "refund",  # the provider's key is "refund-<id>", from every path (adr/0014)
+    load=lambda refund_id: Refund.objects.get(id=refund_id),
+    phases=[
+        atomic("refund_created", _reserve),
+        call("refund", _ask_provider),
+        atomic("refund_settled", _settle),
+    ],
+)
 
 
 def refund_create(
@@ -266,26 +273,24 @@ def refund_create(
     amount: int,
     currency: str | None = None,
     reason: str = "",
-    recovery: RecoveryLog | None = None,
-) -> Refund:
+    recovery: IdempotencyContext | None = None,
+    respond: Callable[[Refund], Any] | None = None,
+) -> Any:
     """Refund ``amount`` of the owner's order, resuming from ``recovery`` if given.
 
-    Returns the refund ``succeeded``, ``failed`` (declined) or ``pending`` (payments is
+    Returns ``respond(refund)`` (stored as the idempotent answer with the last phase), or
+    the refund: ``succeeded``, ``failed`` (declined) or ``pending`` (payments is
     unavailable: the sweep completes it). Raises the 404, 409 and 422 refusals.
     """
-    recovery = recovery or NoRecovery()
-    if recovery.recovery_point == STARTED:
-        with transaction.atomic(using=current_alias()):
-            refund = refund_reserve(
-                owner=owner, order_id=order_id, amount=amount, currency=currency, reason=reason
-            )
-            recovery.advance(CREATED, resource_id=refund.id)
-    else:
-        refund = Refund.objects.get(id=recovery.resource_id, order__owner=owner)
-    if recovery.recovery_point == CREATED and refund.status == RefundStatus.PENDING:
-        status, fields = _ask(refund, retry=True)
-        _settle(refund, status, fields, recovery)
-    return Refund.objects.get(id=refund.id)
+    return REFUND.run(
+        recovery=recovery,
+        respond=respond,
+        owner=owner,
+        order_id=order_id,
+        amount=amount,
+        currency=currency,
+        reason=reason,
+    )
 
 
 # --- The background: pending refunds ---------------------------------------------------------

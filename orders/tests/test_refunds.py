@@ -67,7 +67,7 @@ def test_partial_then_full_refund_moves_the_order_and_emits_one_event_each(payme
     # The provider refunded each once, keyed by the refund's id.
     assert payments.refund_stats()["refunds"] == 2
     ids = {first.json()["id"], second.json()["id"]}
-    assert set(payments.refund_requests_by_key()) == ids
+    assert set(payments.refund_requests_by_key()) == {f"refund-{i}" for i in ids}
     events = OutboxEvent.objects.filter(type="order.refunded")
     assert sorted(e.payload["data"]["refund"]["id"] for e in events) == sorted(ids)
     assert {e.payload["data"]["order"]["status"] for e in events} == {
@@ -241,13 +241,13 @@ def test_a_crash_after_the_provider_refunded_is_resumed_without_refunding_twice(
     client.raise_request_exception = False
     order_id = paid_order(client)
     key = str(uuid.uuid4())
-    real_settle = refunds._settle
+    real = refunds.REFUND
 
-    def crash_once(*args, **kwargs):
-        monkeypatch.setattr(refunds, "_settle", real_settle)
+    def crash_once(_progress):
+        monkeypatch.setattr(refunds, "REFUND", real)
         raise RuntimeError("process died after the provider refunded, before phase 3")
 
-    monkeypatch.setattr(refunds, "_settle", crash_once)
+    monkeypatch.setattr(refunds, "REFUND", real.with_phase("refund_settled", crash_once))
     assert refund(client, order_id, {"amount": 300}, key).status_code == 500
     assert Refund.objects.get().status == "pending"  # phase 1 committed, phase 3 never ran
     assert payments.refund_stats()["refunds"] == 1
@@ -369,7 +369,7 @@ def test_concurrent_copies_with_one_key_make_one_refund(payments, user, wide_req
     assert {i for status, _, i in results if status < 300} == {str(refund_row.id)}
     order = Order.objects.get(id=order_id)
     assert order.refunded_amount + order.refund_pending_amount == 300
-    assert set(payments.refund_requests_by_key()) == {str(refund_row.id)}
+    assert set(payments.refund_requests_by_key()) == {f"refund-{refund_row.id}"}
 
 
 @pytest.mark.django_db
@@ -407,3 +407,44 @@ def test_the_admin_lists_refunds_read_only(payments, auth_client, admin_client):
     assert admin_client.get("/admin/orders/refund/").status_code == 200
     assert admin_client.get(f"/admin/orders/refund/{refund_id}/change/").status_code == 200
     assert admin_client.get("/admin/orders/refund/add/").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_completer_finishes_a_refund_whose_client_never_came_back(
+    payments, user, monkeypatch, settings
+):
+    from resilience.idempotency import idempotency_records_complete_stale, override_clock
+    from resilience.models import IdempotencyRecord
+    from resilience.tests.idempotency_helpers import FakeClock
+
+    client = client_for(user)
+    client.raise_request_exception = False
+    order_id = paid_order(client)
+    key = str(uuid.uuid4())
+
+    def died(_progress):
+        raise SystemExit("the web process died before asking payments")
+
+    real = refunds.REFUND
+    monkeypatch.setattr(refunds, "REFUND", real.with_phase("refund", died))
+    clock = FakeClock()
+    with override_clock(clock), pytest.raises(SystemExit):
+        refund(client, order_id, {"amount": 300}, key)
+    monkeypatch.setattr(refunds, "REFUND", real)
+    made = Refund.objects.get()
+    record = IdempotencyRecord.objects.get(key=key)
+    assert (record.recovery_point, record.resource_id) == ("refund_created", str(made.id))
+    assert payments.refund_stats()["requests"] == 0
+
+    clock.advance(seconds=settings.IDEMPOTENCY_COMPLETER_AFTER_S + 1)
+    with override_clock(clock):
+        assert idempotency_records_complete_stale()["completed"] == 1
+    record.refresh_from_db()
+    made.refresh_from_db()
+    assert (record.recovery_point, record.response_status, made.status) == (
+        "finished", 201, "succeeded",
+    )  # fmt: skip
+    replay = refund(client, order_id, {"amount": 300}, key)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert (replay.json()["id"], replay.json()["status"]) == (str(made.id), "succeeded")
+    assert payments.refund_requests_by_key() == {f"refund-{made.id}": 1}
