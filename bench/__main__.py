@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench.orders_idempotency",
     "bench.overload",
     "bench.ratelimit",
+    "bench.ratelimit_cluster",
     "bench.slow_payments",
     "bench.webhooks_bulkhead",
     "bench.worker_model",

@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from resilience.errors import BreakerOpenError
 from resilience.policies import get_policy
+from resilience.redis_client import client_from_url
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -143,7 +144,7 @@ def _shared_state_redis() -> redis.Redis:
     with _state_client_lock:
         if _state_client is None:
             timeouts = get_policy("redis").timeouts
-            _state_client = redis.Redis.from_url(
+            _state_client = client_from_url(  # one server or a Redis Cluster
                 settings.RESILIENCE["breaker_state_redis_url"],
                 socket_connect_timeout=timeouts.connect_s,
                 socket_timeout=timeouts.read_s,

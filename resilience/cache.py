@@ -8,22 +8,65 @@ cache behaves as empty (reads miss, writes are dropped). Nothing turns into a 5x
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
-from django.core.cache.backends.redis import RedisCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 from resilience import metrics
 from resilience.breakers import BreakerOpenError, breaker
+from resilience.redis_client import client_from_url, is_cluster_url
 
 logger = logging.getLogger(__name__)
 
 
+class ClusterCacheClient(RedisCacheClient):
+    """Django's Redis cache client on a Redis Cluster (``redis-cluster://`` LOCATION).
+
+    One cluster client per process (it keeps a pool per node); the multi-key operations
+    that Django sends as one command (``MGET``, ``MSET``) are split per slot.
+    """
+
+    def __init__(self, servers: list[str], **options: Any) -> None:
+        self._url = servers[0]
+        django_only = {"serializer", "pool_class", "parser_class"}
+        self._cluster_options = {k: v for k, v in options.items() if k not in django_only}
+        super().__init__(servers, serializer=options.get("serializer"))
+        self._cluster_client: Any = None
+        self._cluster_lock = threading.Lock()
+
+    def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+        with self._cluster_lock:
+            if self._cluster_client is None:
+                self._cluster_client = client_from_url(self._url, **self._cluster_options)
+            return self._cluster_client
+
+    def get_many(self, keys: Any) -> dict:
+        keys = list(keys)
+        values = self.get_client(None).mget_nonatomic(keys)
+        pairs = zip(keys, values, strict=True)
+        return {k: self._serializer.loads(v) for k, v in pairs if v is not None}
+
+    def set_many(self, data: dict, timeout: int | None) -> None:
+        for key, value in data.items():
+            self.set(key, value, timeout)
+
+
 class ResilientRedisCache(RedisCache):
-    """``RedisCache`` whose operations fall back to a miss when Redis is unavailable."""
+    """``RedisCache`` whose operations fall back to a miss when Redis is unavailable.
+
+    ``LOCATION`` may name a Redis Cluster (``redis-cluster://seed,seed/0``).
+    """
+
+    def __init__(self, server: Any, params: dict) -> None:
+        super().__init__(server, params)
+        if isinstance(server, str) and is_cluster_url(server):
+            self._servers = [server]  # its seeds are comma-separated: one URL, not many
+            self._class = ClusterCacheClient
 
     def _guarded(
         self, fallback: Any, operation: Callable[..., Any], *args: Any, **kwargs: Any

@@ -79,7 +79,12 @@ def probe_postgres(policy: DependencyPolicy) -> None:
         user=db.get("USER") or None,
         password=db.get("PASSWORD") or None,
         connect_timeout=max(2, int(policy.timeouts.connect_s)),  # libpq's minimum is 2
-        options=f"-c statement_timeout={statement_ms}",
+        # Behind PgBouncer the startup packet carries no options: its pool's own apply.
+        **(
+            {}
+            if getattr(settings, "DB_POOLER", "none") == "pgbouncer"
+            else {"options": f"-c statement_timeout={statement_ms}"}
+        ),
         application_name="resilient-probe",
         autocommit=True,
     ) as connection:
@@ -87,11 +92,12 @@ def probe_postgres(policy: DependencyPolicy) -> None:
 
 
 def probe_redis(policy: DependencyPolicy) -> None:
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = redis.Redis.from_url(
+    from resilience.redis_client import client_from_url
+
+    client = client_from_url(
         policy.base_url or settings.REDIS_URL,
         socket_connect_timeout=policy.timeouts.connect_s,
         socket_timeout=policy.timeouts.read_s,

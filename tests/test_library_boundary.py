@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "resilience"
 FORBIDDEN = {"accounts", "orders", "webhooks", "common", "config", "chaos", "bench", "client"}
-FORBIDDEN |= {"tests", "conftest"}
+FORBIDDEN |= {"tests", "conftest", "fleet"}
 
 
 def imported_modules(source: str) -> set[str]:

@@ -120,6 +120,17 @@ from config.worker_model import (  # noqa: E402, F401 - read by the bulkhead che
 # `default` serves the request path, `background` serves Celery workers, so a flood of
 # background work can exhaust only its own connections. See adr/0002.
 DATABASE_URL = env("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/resilient")
+# The background alias's own address (fleet mode: PgBouncer's background pool, a pool of
+# server connections of its own); the same database as DATABASE_URL by default.
+DATABASE_BACKGROUND_URL = env("DATABASE_BACKGROUND_URL", default=DATABASE_URL)
+# "pgbouncer" when DATABASE_URL points at PgBouncer in transaction pooling (make fleet,
+# adr/0012): session state does not follow a client across transactions, so the
+# timeouts are not sent in the startup packet (PgBouncer refuses `options`) but set by
+# PgBouncer on each server connection of the pool (connect_query), and server-side
+# cursors are off. "none": straight to PostgreSQL.
+DB_POOLER = env("DB_POOLER", default="none")
+if DB_POOLER not in {"none", "pgbouncer"}:
+    raise ImproperlyConfigured("DB_POOLER must be 'none' or 'pgbouncer'.")
 
 DB_CONNECT_TIMEOUT_S = env("DB_CONNECT_TIMEOUT_S", default=2, cast=int)  # libpq minimum is 2
 DB_REQUEST_POOL_MIN = env("DB_REQUEST_POOL_MIN", default=2, cast=int)
@@ -149,6 +160,7 @@ DB_MIGRATION_LOCK_TIMEOUT_MS = env("DB_MIGRATION_LOCK_TIMEOUT_MS", default=5000,
 
 def database_alias(
     *,
+    url: str = DATABASE_URL,
     application_name: str,
     pool_min: int,
     pool_max: int,
@@ -159,9 +171,10 @@ def database_alias(
     """Build one alias of ``DATABASES`` with its own pool and server-side timeouts.
 
     The timeouts travel in the libpq startup packet (``options``), so they cost no extra
-    round trip per checkout. ``application_name`` shows the alias in ``pg_stat_activity``.
+    round trip per checkout; behind PgBouncer (``DB_POOLER``) its pool sets them instead.
+    ``application_name`` shows the alias in ``pg_stat_activity``.
     """
-    config = dj_database_url.parse(DATABASE_URL)
+    config = dj_database_url.parse(url)
     config.update(
         {
             # Django's PostgreSQL backend with the `postgres` circuit breaker built in.
@@ -185,6 +198,9 @@ def database_alias(
             },
         }
     )
+    if DB_POOLER == "pgbouncer":
+        del config["OPTIONS"]["options"]
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True  # a cursor cannot span transactions
     return config
 
 
@@ -198,6 +214,7 @@ DATABASES = {
         statement_timeout_ms=DB_REQUEST_STATEMENT_TIMEOUT_MS,
     ),
     "background": database_alias(
+        url=DATABASE_BACKGROUND_URL,
         application_name="resilient-background",
         pool_min=DB_BACKGROUND_POOL_MIN,
         pool_max=DB_BACKGROUND_POOL_MAX,
@@ -258,6 +275,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": 3600,
     "max_connections": 20,
 }
+# A broker behind Redis Sentinel (make fleet, adr/0012): CELERY_BROKER_URL lists the
+# Sentinels ("sentinel://host:port;sentinel://..."), this names the monitored master.
+BROKER_SENTINEL_MASTER = env("CELERY_BROKER_MASTER_NAME", default="")
+if BROKER_SENTINEL_MASTER:
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "master_name": BROKER_SENTINEL_MASTER,
+        # Asking a Sentinel who the master is is bounded like any broker call.
+        "sentinel_kwargs": {
+            "socket_timeout": CELERY_BROKER_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": CELERY_BROKER_SOCKET_TIMEOUT_S,
+        },
+    }
 CELERY_BROKER_CONNECTION_TIMEOUT = CELERY_BROKER_SOCKET_TIMEOUT_S
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = 10
@@ -659,13 +688,21 @@ _RATELIMIT_POLICIES = {
     "signup": {"capacity": 10, "refill_rate": 10 / 3600, "scope": "ip", "fail": "open"},
     # Login: per IP against credential stuffing, per submitted email against distributed
     # brute force; both checked in one decision.
-    "login_ip": {"capacity": 30, "refill_rate": 30 / 900, "scope": "ip", "fail": "open"},
+    "login_ip": {
+        "capacity": 30,
+        "refill_rate": 30 / 900,
+        "scope": "ip",
+        "fail": "open",
+        "slot": "login",
+    },
     "login_username": {
         "capacity": 5,
         "refill_rate": 5 / 900,
         "scope": "username",
         "username_field": "email",
         "fail": "open",
+        # Decided with login_ip in one script: one hash tag, one Redis Cluster slot.
+        "slot": "login",
     },
     "orders_create": {"capacity": 30, "refill_rate": 1.0, "scope": "user", "fail": "open"},
     # Refunds are rarer than orders: a burst of 10, then one every 6 s, per user.
@@ -777,3 +814,8 @@ CELERY_BEAT_SCHEDULE |= {
         "schedule": BEAT_HEARTBEAT_INTERVAL_S,
     },
 }
+# Exactly one active beat in a fleet (resilience.beat.LockedScheduler, adr/0012): the
+# holder renews this lease in Redis every third of it; a second beat stands by and takes
+# over within one lease after the first dies.
+BEAT_LOCK_KEY = env("BEAT_LOCK_KEY", default="resilience:beat-lock")
+BEAT_LOCK_LEASE_S = env("BEAT_LOCK_LEASE_S", default=15.0, cast=float)

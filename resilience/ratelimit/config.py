@@ -46,7 +46,7 @@ MIDDLEWARE_KEYS = frozenset({"policy", "path_prefixes"})
 CANDIDATE_KEYS = frozenset({"capacity", "refill_rate", "description"})
 CANDIDATE_SUFFIX = ".candidate"
 POLICY_KEYS = frozenset(
-    {"capacity", "refill_rate", "scope", "dry_run", "fail", "username_field", "description"}
+    {"capacity", "refill_rate", "scope", "dry_run", "fail", "username_field", "description", "slot"}
 )
 
 
@@ -68,6 +68,9 @@ class Policy:
     fail: str = "open"
     username_field: str = "email"
     description: str = ""
+    # Hash tag shared by the policies decided in one call (Redis Cluster: one slot per
+    # script); empty: the policy is decided alone and its keys are tagged by identity.
+    slot: str = ""
 
     @property
     def interval_s(self) -> float:
@@ -159,7 +162,14 @@ def build_rate_policy(name: str, raw: Mapping[str, Any]) -> Policy:
         fail=fail,
         username_field=str(raw.get("username_field", "email")),
         description=str(raw.get("description", "")),
+        slot=_slot(where, raw.get("slot", "")),
     )
+
+
+def _slot(where: str, value: Any) -> str:
+    if not isinstance(value, str) or any(c in value for c in "{}"):
+        raise ImproperlyConfigured(f"{SETTING}{where}['slot'] must be a string without braces")
+    return value
 
 
 def build_candidate(live: Policy, raw: Mapping[str, Any]) -> Policy:
@@ -180,6 +190,7 @@ def build_candidate(live: Policy, raw: Mapping[str, Any]) -> Policy:
         "scope": live.scope,
         "fail": "open",
         "username_field": live.username_field,
+        "slot": live.slot,  # decided with the live policy's companions: same slot
         "description": raw.get("description", f"candidate for {live.name}"),
         "dry_run": True,
     }

@@ -156,10 +156,20 @@ class Limiter:
 
     @staticmethod
     def key(config: RateLimitConfig, policy: Policy, identity: str) -> str:
-        """The Redis key of ``policy``'s bucket for ``identity``."""
+        """The Redis key of ``policy``'s bucket for ``identity``, hash-tagged for a cluster.
+
+        One decision runs one script over all its buckets, so on Redis Cluster they must
+        share a slot. Policies decided together (login: per IP and per username) name
+        one ``slot`` and their keys carry it as the hash tag, ``rl:{login}:login_ip:...``;
+        a policy decided alone is tagged by its identity, ``rl:flood:{203.0.113.9}``, so
+        its buckets spread over the masters. A bucket's key never depends on which other
+        buckets it is decided with, so the limiter counts exactly as on one Redis.
+        """
         if policy.scope == "username":
             identity = _hash(identity)
-        return f"{config.key_prefix}:{policy.name}:{identity}"
+        if policy.slot:
+            return f"{config.key_prefix}:{{{policy.slot}}}:{policy.name}:{identity}"
+        return f"{config.key_prefix}:{policy.name}:{{{identity}}}"
 
     def check(self, checks: Sequence[tuple[Policy, str]], *, cost: int = 1) -> Decision:
         """One decision for ``(policy, identity)`` pairs; consumes only if all allow."""

@@ -10,6 +10,7 @@ seam where the process-local ``redis`` circuit breaker and the latency metric si
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -24,11 +25,14 @@ import pybreaker
 import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from resilience.breakers import BreakerOpenError, breaker
 from resilience.ratelimit import metrics
 from resilience.ratelimit.config import RedisOptions
+from resilience.redis_client import client_from_url, is_cluster_url
 
 T = TypeVar("T")
 MICROS = 1_000_000
@@ -70,7 +74,19 @@ def build_client(options: RedisOptions) -> redis.Redis:
     retry: the fallback bucket is cheaper than waiting) also shape the connection each
     serving thread keeps for decisions (:class:`RedisBucketStore`). The small
     ``BlockingConnectionPool`` itself serves the operator calls (adr/0004).
+
+    A ``redis-cluster://`` URL gives a cluster client with the same timeouts and no
+    retry; it routes each decision to the master of its keys' slot (one slot per
+    decision: hash tags, :meth:`resilience.ratelimit.limiter.Limiter.key`).
     """
+    if is_cluster_url(options.url):
+        return client_from_url(
+            options.url,
+            max_connections=options.max_connections,
+            socket_timeout=options.socket_timeout_s,
+            socket_connect_timeout=options.connect_timeout_s,
+            retry=Retry(NoBackoff(), retries=0),
+        )
     pool = redis.BlockingConnectionPool.from_url(
         options.url,
         max_connections=options.max_connections,
@@ -97,8 +113,11 @@ class RedisBucketStore:
     WEB_THREADS``); the pool serves the rare operator calls (adr/0004).
     """
 
-    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, *, clock: Callable[[], float] | None = None
+    ) -> None:
         self.client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._clock = clock
         self._sha = hashlib.sha1(LUA_SOURCE.encode()).hexdigest()  # noqa: S324 - Redis' id
         self._thread = threading.local()
@@ -146,6 +165,8 @@ class RedisBucketStore:
 
     def _run_script(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
         """``EVALSHA`` on this thread's connection, loading the script on ``NOSCRIPT``."""
+        if self._cluster:
+            return self._run_script_on_cluster(keys, args)
         owned = getattr(self._thread, "connection", None)
         if owned is None or owned[0] != os.getpid():
             # A forked child inherits the forking thread's socket: it gets its own.
@@ -154,21 +175,72 @@ class RedisBucketStore:
             self._thread.connection = owned
         connection = owned[1]
         try:
-            try:
-                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                return connection.read_response()
-            except redis.exceptions.NoScriptError:
-                # A restarted or flushed Redis: load once, then run (still one decision).
-                connection.send_command("SCRIPT", "LOAD", LUA_SOURCE)
-                connection.read_response()
-                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                return connection.read_response()
+            return self._evalsha(connection, keys, args)
         except redis.exceptions.ResponseError:
             raise  # the reply was read in full: the connection is still in step
         except BaseException:
             # A timeout may leave a reply in flight: never reuse a connection out of step.
             connection.disconnect()
             raise
+
+    def _evalsha(self, connection: Any, keys: Sequence[str], args: Sequence[str]) -> bytes:
+        """``EVALSHA`` on ``connection``; a Redis that lost the script (restarted, flushed)
+        gets it loaded once, then runs it: still one decision."""
+        try:
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            connection.send_command("SCRIPT", "LOAD", LUA_SOURCE)
+            connection.read_response()
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
+
+    def _run_script_on_cluster(self, keys: Sequence[str], args: Sequence[str]) -> bytes:
+        """``EVALSHA`` on the master of the keys' slot, on this thread's connection to it.
+
+        As on one Redis, each serving thread keeps its own connection, one per master it
+        talks to; the cluster client only tells which master owns the slot. A ``MOVED``
+        (slots moved after a failover) or a dead master fails this one decision (the
+        caller falls back) and re-reads the slot map at most once per second. Keys in
+        several slots (policies decided together without a shared ``slot``) fail too,
+        before anything is sent.
+        """
+        client = self.client
+        slot = client.keyslot(keys[0])
+        if any(client.keyslot(key) != slot for key in keys[1:]):
+            raise redis.exceptions.ResponseError(f"CROSSSLOT keys {list(keys)} span slots")
+        node = client.nodes_manager.get_node_from_slot(slot)
+        connections = getattr(self._thread, "nodes", None)
+        if connections is None or connections[0] != os.getpid():
+            connections = (os.getpid(), {})
+            self._thread.nodes = connections
+        connection = connections[1].get(node.name)
+        if connection is None:
+            pool = client.get_redis_connection(node).connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            connections[1][node.name] = connection
+        try:
+            return self._evalsha(connection, keys, args)
+        except (redis.exceptions.MovedError, redis.exceptions.AskError, redis.ConnectionError):
+            connection.disconnect()
+            connections[1].pop(node.name, None)
+            self._refresh_slots()
+            raise
+        except redis.exceptions.ResponseError:
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+
+    def _refresh_slots(self) -> None:
+        """Re-read the cluster's slot map, at most once per second per process."""
+        now = time.monotonic()
+        if now - getattr(self, "_refreshed_at", 0.0) < 1.0:
+            return
+        self._refreshed_at = now
+        # No seed answers: the next refresh tries again.
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            self.client.nodes_manager.initialize()
 
     def delete(self, keys: Sequence[str]) -> int:
         """Empty the given buckets' history (an operator's reset); returns how many existed."""

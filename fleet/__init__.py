@@ -1,0 +1,1 @@
+"""Fleet mode: the production topology on one machine (make fleet, adr/0012)."""
