@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
 from accounts.apis import LOGIN_POLICIES
-from resilience.ratelimit.limiter import check_request, normalize_username
+from resilience.ratelimit.decisions import check_request, normalize_username
 from resilience.ratelimit.middleware import refusal_response
 from resilience.ratelimit.throttles import declare_policies
 

@@ -229,8 +229,9 @@ def _slow_line(s: dict[str, Any]) -> str:
         return f"not counted ({slow['source']})"
     opened = s["breaker_first_open_s"] - s["t_inject"]
     return (
-        f"{slow['count']} slower than {slow['threshold_s'] * 1000:.0f} ms "
-        f"({slow['source']}), after the breaker first opened {opened:.1f} s into the "
+        f"{slow['count']} slower than {slow['bar_s'] * 1000:.0f} ms (healthy p99 "
+        f"{slow['healthy_p99_s'] * 1000:.0f} ms + {slow['threshold_s'] * 1000:.0f} ms, "
+        f"{slow['source']}), after the breaker first opened {opened:.1f} s into the "
         f"fault; bound {slow['bound']} (one per web process)"
     )
 
@@ -260,7 +261,8 @@ def _beside(ctx: RunContext, baseline: RunContext) -> list[str]:
             f"(served {mine:.0%} resilient, {other:.0%} baseline) |"
         )
     lines.append(
-        "| requests slower than the slow-call threshold after the breaker first opened "
+        "| requests slower than their healthy p99 + the slow-call threshold after the "
+        "breaker first opened "
         f"| {found['slow_after_open_resilient']} resilient, "
         f"{found['slow_after_open_baseline']} baseline (same offset: no breaker there) |"
     )

@@ -185,7 +185,7 @@ def test_collapse_load_beside_the_baseline(name, both_stacks, capsys, django_db_
     assert (tmp_path / "timeline-baseline.png") in written
     assert "| class | figure | resilient | baseline |" in text
     assert "baseline p99 / resilient p99" in text
-    assert "requests slower than the slow-call threshold" in text
+    assert "requests slower than their healthy p99 + the slow-call threshold" in text
 
 
 def test_collapse_plan_follows_the_stack_settings():
@@ -249,17 +249,21 @@ def test_slow_after_open_counts_only_requests_that_call_the_dependency():
             scenario=SimpleNamespace(dependency=dependency),
             endpoints=SimpleNamespace(settings=stack),
             samples=samples,
+            t_inject=1.0,
             t_heal=10.0,
         )
 
     samples = [
+        Sample(t=0.2, latency_s=0.2, op="create", status=201, user=1),  # healthy, before
+        Sample(t=0.3, latency_s=0.3, op="get", status=200, user=1),  # healthy, before
         Sample(t=2.0, latency_s=0.9, op="list", status=200, user=1),
         Sample(t=3.0, latency_s=0.9, op="get", status=200, user=1),
         Sample(t=4.0, latency_s=0.9, op="create", status=201, user=1),
-        Sample(t=0.5, latency_s=0.9, op="create", status=201, user=1),  # before the opening
-        Sample(t=5.0, latency_s=0.1, op="create", status=201, user=1),  # fast
+        Sample(t=1.1, latency_s=0.9, op="create", status=201, user=1),  # before the opening
+        Sample(t=5.0, latency_s=0.6, op="create", status=201, user=1),  # under 0.2 + 0.5
     ]
-    payments = slow_after_open(ctx_of("payments", samples), since=1.0)
+    payments = slow_after_open(ctx_of("payments", samples), since=1.5)
     assert (payments["count"], payments["by_class"]) == (1, {"orders": 1})
-    postgres = slow_after_open(ctx_of("postgres", samples), since=1.0)
-    assert postgres["count"] == 3  # every request reads the database
+    assert payments["bar_s"] == pytest.approx(0.7)  # creates' healthy p99 + the threshold
+    postgres = slow_after_open(ctx_of("postgres", samples), since=1.5)
+    assert postgres["count"] == 3  # every request reads the database; bar 0.3 + 0.5

@@ -8,7 +8,7 @@ Public surface:
   declared in one line on a view (``throttle_classes = [throttle("login_ip", ...)]``).
 * :func:`~resilience.ratelimit.business.business_ratelimit`: fixed-window business rules
   on django-ratelimit, answered as 429.
-* :func:`~resilience.ratelimit.limiter.check_request` and
+* :func:`~resilience.ratelimit.decisions.check_request` and
   :class:`~resilience.ratelimit.limiter.Limiter` for anything else.
 
 Policies live in ``settings.RESILIENCE_RATELIMIT``; see ``docs/patterns/

@@ -32,9 +32,9 @@ from django_ratelimit.exceptions import Ratelimited
 from resilience.problems import error_response
 from resilience.ratelimit import metrics
 from resilience.ratelimit.config import get_config
+from resilience.ratelimit.decisions import DECISIONS_ATTRIBUTE
 from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
 from resilience.ratelimit.headers import ServiceLimit, render, retry_after_seconds
-from resilience.ratelimit.limiter import DECISIONS_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,10 +1,8 @@
 """The limiter: policies + identities -> one decision, in Redis or, failing that, locally.
 
-:func:`check_request` is what the middleware and the DRF throttles call. It finds each
-policy's identity in the request (IP, user, submitted username, endpoint or global),
-asks the :class:`Limiter` for one decision over all of them, counts it in metrics and
-remembers it on the request so the middleware can write the ``RateLimit`` fields on the
-way out. :func:`enforce` turns a refusal into the project's 429 (or 503) error.
+A :class:`Limiter` takes every bucket of one decision in one Redis round trip (or, with
+Redis unavailable, from per-process buckets) and answers a :class:`Decision`; a
+request's policies and identities are found by :mod:`resilience.ratelimit.decisions`.
 """
 
 from __future__ import annotations
@@ -12,18 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from resilience.ratelimit import metrics
-from resilience.ratelimit.client_ip import client_ip
 from resilience.ratelimit.config import Policy, RateLimitConfig, RedisOptions, get_config
-from resilience.ratelimit.errors import RateLimitedError, RateLimiterUnavailableError
-from resilience.ratelimit.headers import ServiceLimit, render, retry_after_seconds
+from resilience.ratelimit.headers import ServiceLimit, retry_after_seconds
 from resilience.ratelimit.storage import (
     Bucket,
     BucketState,
@@ -39,7 +34,6 @@ MODE_REDIS = "redis"
 MODE_FALLBACK = "fallback"
 MODE_UNAVAILABLE = "unavailable"
 MODE_DISABLED = "disabled"
-DECISIONS_ATTRIBUTE = "ratelimit_decisions"
 
 
 def _buckets(
@@ -338,97 +332,3 @@ def use_limiter(limiter: Limiter) -> Iterator[Limiter]:
         yield limiter
     finally:
         _override = previous
-
-
-# --- Requests ---------------------------------------------------------------------------
-
-
-def normalize_username(value: object) -> str:
-    """A submitted username as a bucket identity ("" when absent or not a string).
-
-    Normalised like ``accounts.models.normalize_email``, so "Bob@X.com " and "bob@x.com"
-    draw from one bucket.
-    """
-    return value.strip().lower() if isinstance(value, str) else ""
-
-
-def _username(request: Any, field: str) -> str:
-    data = getattr(request, "data", None)  # DRF's parsed body; absent on a Django request
-    return normalize_username(data.get(field) if isinstance(data, Mapping) else None)
-
-
-def identity_for(policy: Policy, request: Any, *, username: str | None = None) -> str:
-    """Whose bucket ``request`` draws from under ``policy``.
-
-    ``username`` is the submitted username when the request does not carry it where a
-    ``username``-scoped policy looks (a Django form rather than a DRF body).
-    """
-    if policy.scope == "ip":
-        return client_ip(request)
-    if policy.scope == "user":
-        user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated:
-            return f"user:{user.pk}"
-        return f"ip:{client_ip(request)}"  # anonymous callers share their IP's bucket
-    if policy.scope == "username":
-        return username if username is not None else _username(request, policy.username_field)
-    if policy.scope == "endpoint":
-        match = getattr(request, "resolver_match", None)
-        return match.route if match is not None else request.path
-    return "global"
-
-
-def check_request(
-    request: Any, policy_names: Sequence[str], *, cost: int = 1, username: str | None = None
-) -> Decision:
-    """Decide ``request`` under the named policies and remember it for the headers.
-
-    ``username``: see :func:`identity_for` (the admin's login form passes it, normalised
-    with :func:`normalize_username`).
-    """
-    config = get_config()
-    if not config.enabled:
-        return Decision(allowed=True, mode=MODE_DISABLED)
-    policies = [config.policy(name) for name in policy_names]
-    decision = get_limiter().check(
-        [(policy, identity_for(policy, request, username=username)) for policy in policies],
-        cost=cost,
-    )
-    http_request = getattr(request, "_request", request)
-    recorded = getattr(http_request, DECISIONS_ATTRIBUTE, None)
-    if recorded is None:
-        recorded = []
-        setattr(http_request, DECISIONS_ATTRIBUTE, recorded)
-    recorded.append(decision)
-    return decision
-
-
-def response_headers(request: Any) -> dict[str, str]:
-    """``RateLimit-Policy`` and ``RateLimit`` for every decision taken on ``request``."""
-    http_request = getattr(request, "_request", request)
-    decisions = getattr(http_request, DECISIONS_ATTRIBUTE, ())
-    return render(limit for decision in decisions for limit in decision.service_limits())
-
-
-def refusal_error(
-    decision: Decision, request: Any = None
-) -> RateLimitedError | RateLimiterUnavailableError:
-    """The project's error for a refused decision.
-
-    429, carrying the ``RateLimit`` fields of ``request`` when given; or 503 when a
-    fail-closed policy could not be checked.
-    """
-    if decision.unavailable:
-        return RateLimiterUnavailableError(
-            policies=decision.unavailable, retry_after=decision.retry_after
-        )
-    headers = response_headers(request) if request is not None else {}
-    return RateLimitedError(
-        policies=decision.violated, retry_after=decision.retry_after, headers=headers
-    )
-
-
-def enforce(decision: Decision, request: Any = None) -> None:
-    """Raise the project's error for a refused decision; return quietly otherwise."""
-    if not decision.allowed:
-        raise refusal_error(decision, request)

@@ -14,12 +14,8 @@ from django.http import HttpRequest, HttpResponse
 
 from resilience.problems import error_response
 from resilience.ratelimit.config import get_config
-from resilience.ratelimit.limiter import (
-    Decision,
-    check_request,
-    refusal_error,
-    response_headers,
-)
+from resilience.ratelimit.decisions import check_request, refusal_error, response_headers
+from resilience.ratelimit.limiter import Decision
 
 
 class RateLimitMiddleware:

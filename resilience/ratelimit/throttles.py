@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from django.urls import URLResolver, get_resolver
 from rest_framework.throttling import BaseThrottle
 
-from resilience.ratelimit.limiter import check_request, enforce
+from resilience.ratelimit.decisions import check_request, enforce
 
 # Policy names code uses outside a view's throttles (the admin's login form).
 _declared: set[str] = set()

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
-from resilience.ratelimit.limiter import DECISIONS_ATTRIBUTE, Limiter, use_limiter
+from resilience.ratelimit.decisions import DECISIONS_ATTRIBUTE
+from resilience.ratelimit.limiter import Limiter, use_limiter
 from tests.processes import wait_for
 from tests.ratelimit_support import ratelimit_settings
 
