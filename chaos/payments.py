@@ -7,15 +7,23 @@ API port::
                            201 new authorisation; 200 + Idempotent-Replayed: true for a replay
                            (same key, same body); 422 same key, different body; 400 bad input
     GET  /authorizations   {"authorizations": [...], "requests_by_key": {key: n}}
+    POST /refunds          {"authorization_id": str, "order_id": str, "amount": int > 0,
+                           "currency": "EUR"}, header Idempotency-Key required; the same
+                           answers as /authorizations (201, 200 replay, 422, 400), and 422
+                           ``refund_exceeds_authorization`` when this and the earlier
+                           refunds of the authorisation exceed it (404 ``unknown_authorization``
+                           for an authorisation it never made; currency must match)
+    GET  /refunds          {"refunds": [...], "requests_by_key": {key: n}, "stats": {...}}
     GET  /stats            {"requests", "authorizations", "faulted", "by_status": {"201": n}}
+                           of /authorizations (``refund_stats()``: the same for /refunds)
     GET  /healthz          200 {"status": "ok"}; obeys the latency, ``status`` and
                            ``error_rate`` switches (and ``down``), so a slow or failing
                            provider fails the app's recovery probe; not counted
 
-Only ``POST /authorizations`` and the API port's ``/healthz`` are faulted; every request
-to ``/authorizations`` is counted, faulted or not. ``fail_first_n`` is consumed by
-``/authorizations`` only.
-The control port serves ``/healthz``, ``/stats``, ``/authorizations`` and the shared
+Only ``POST /authorizations``, ``POST /refunds`` and the API port's ``/healthz`` are
+faulted, by the same switches; every request to them is counted, faulted or not.
+``fail_first_n`` is consumed by the two POST routes only (whichever comes first).
+The control port serves ``/healthz``, ``/stats``, ``/authorizations``, ``/refunds`` and the shared
 ``/control/faults`` and ``/control/reset`` (see :class:`chaos._httpserver.ChaosService`).
 
 Run it with ``python -m chaos.payments --host 127.0.0.1 --port 8101 --control-port 8102``.
@@ -28,7 +36,7 @@ import re
 import secrets
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +77,33 @@ def _validate(body: dict[str, Any]) -> dict[str, Any]:
     return {"order_id": order_id, "amount": amount, "currency": currency}
 
 
+@dataclass
+class _RefundLedger:
+    """Refunds by Idempotency-Key, the amount refunded per authorisation, and counters."""
+
+    by_key: dict[str, _Stored] = field(default_factory=dict)
+    refunded: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    faulted: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    requests_by_key: Counter[str] = field(default_factory=Counter)
+
+
+def _check_key(key: str | None) -> None:
+    if not key:
+        raise HttpError(400, "missing_idempotency_key", "the Idempotency-Key header is required")
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise HttpError(400, "invalid_idempotency_key", "Idempotency-Key is too long")
+
+
+def _validate_refund(body: dict[str, Any]) -> dict[str, Any]:
+    """The refund fields of a request body, raising 400 when invalid."""
+    authorization_id = body.get("authorization_id")
+    if not isinstance(authorization_id, str) or not authorization_id:
+        raise HttpError(400, "invalid_request", "authorization_id must be a non-empty string")
+    return {"authorization_id": authorization_id, **_validate(body)}
+
+
 class PaymentsService(ChaosService):
     """The fake payment provider: idempotent authorisations, counters and fault switches.
 
@@ -92,12 +127,14 @@ class PaymentsService(ChaosService):
         self._faulted = 0
         self._by_status: Counter[int] = Counter()
         self._requests_by_key: Counter[str] = Counter()
+        self._refunds = _RefundLedger()
         super().__init__(host, port, control_port, seed=seed)
 
     def api_routes(self) -> Routes:
         """``/authorizations`` (POST faultable, GET listing) and ``/stats``."""
         return {
             "/authorizations": {"POST": self._post_authorization, "GET": self._get_authorizations},
+            "/refunds": {"POST": self._post_refund, "GET": self._get_refunds},
             "/stats": {"GET": self._get_stats},
             "/healthz": {"GET": self._get_healthz},
         }
@@ -106,10 +143,12 @@ class PaymentsService(ChaosService):
         """The read-only views, reachable even while the API port is down."""
         return {
             "/authorizations": {"GET": self._get_authorizations},
+            "/refunds": {"GET": self._get_refunds},
             "/stats": {"GET": self._get_stats},
         }
 
     def _reset_state(self) -> None:
+        self._refunds = _RefundLedger()
         self._by_key.clear()
         self._requests = 0
         self._faulted = 0
@@ -138,6 +177,27 @@ class PaymentsService(ChaosService):
         """How many POST /authorizations requests carried each Idempotency-Key."""
         with self._lock:
             return dict(self._requests_by_key)
+
+    def refunds(self) -> list[dict[str, Any]]:
+        """Every refund made, oldest first."""
+        with self._lock:
+            return [dict(stored.authorization) for stored in self._refunds.by_key.values()]
+
+    def refund_requests_by_key(self) -> dict[str, int]:
+        """How many POST /refunds requests carried each Idempotency-Key."""
+        with self._lock:
+            return dict(self._refunds.requests_by_key)
+
+    def refund_stats(self) -> dict[str, Any]:
+        """Counters of POST /refunds, as :meth:`stats` for /authorizations."""
+        with self._lock:
+            ledger = self._refunds
+            return {
+                "requests": ledger.requests,
+                "refunds": len(ledger.by_key),
+                "faulted": ledger.faulted,
+                "by_status": {str(code): n for code, n in sorted(ledger.by_status.items())},
+            }
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -177,12 +237,7 @@ class PaymentsService(ChaosService):
         return response
 
     def _authorize(self, request: Request, key: str | None) -> Response:
-        if not key:
-            raise HttpError(
-                400, "missing_idempotency_key", "the Idempotency-Key header is required"
-            )
-        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise HttpError(400, "invalid_idempotency_key", "Idempotency-Key is too long")
+        _check_key(key)
         body = request.json_object()
         fields = _validate(body)
         # Canonical JSON, so key order and whitespace do not make "the same body" differ.
@@ -205,6 +260,80 @@ class PaymentsService(ChaosService):
                 422, "idempotency_key_reused", "this Idempotency-Key was used with a different body"
             )
         return Response(200, dict(stored.authorization), {"Idempotent-Replayed": "true"})
+
+    def _post_refund(self, request: Request) -> Response:
+        key = request.header("Idempotency-Key")
+        with self._lock:
+            ledger = self._refunds
+            ledger.requests += 1
+            if key:
+                ledger.requests_by_key[key] += 1
+        response = self.inject_fault()
+        faulted = response is not None
+        if response is None:
+            try:
+                response = self._refund(request, key, ledger)
+            except HttpError as exc:
+                response = exc.response()
+        with self._lock:
+            if faulted:
+                ledger.faulted += 1
+            ledger.by_status[response.status] += 1
+        return response
+
+    def _refund(self, request: Request, key: str | None, ledger: _RefundLedger) -> Response:
+        _check_key(key)
+        body = request.json_object()
+        fields = _validate_refund(body)
+        fingerprint = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        # One lock around look-up, the amount check and create, as for authorisations: a
+        # key refunds once, and concurrent refunds never exceed the authorisation.
+        with self._lock:
+            stored = ledger.by_key.get(key)
+            if stored is None:
+                authorization = next(
+                    (
+                        s.authorization
+                        for s in self._by_key.values()
+                        if s.authorization["id"] == fields["authorization_id"]
+                    ),
+                    None,
+                )
+                if authorization is None:
+                    raise HttpError(404, "unknown_authorization", "no such authorization")
+                if fields["currency"] != authorization["currency"]:
+                    raise HttpError(400, "invalid_request", "currency differs from the charge")
+                refunded = ledger.refunded.get(fields["authorization_id"], 0)
+                if refunded + fields["amount"] > authorization["amount"]:
+                    raise HttpError(
+                        422,
+                        "refund_exceeds_authorization",
+                        f"{refunded} of {authorization['amount']} refunded already",
+                    )
+                refund = {
+                    "id": f"re_{secrets.token_hex(12)}",
+                    **fields,
+                    "status": "succeeded",
+                    "created_at": datetime.now(UTC).isoformat(),
+                }
+                ledger.refunded[fields["authorization_id"]] = refunded + fields["amount"]
+                ledger.by_key[key] = _Stored(fingerprint, refund)
+                return Response(201, dict(refund))
+        if stored.fingerprint != fingerprint:
+            raise HttpError(
+                422, "idempotency_key_reused", "this Idempotency-Key was used with a different body"
+            )
+        return Response(200, dict(stored.authorization), {"Idempotent-Replayed": "true"})
+
+    def _get_refunds(self, _request: Request) -> Response:
+        return Response(
+            200,
+            {
+                "refunds": self.refunds(),
+                "requests_by_key": self.refund_requests_by_key(),
+                "stats": self.refund_stats(),
+            },
+        )
 
     def _get_authorizations(self, _request: Request) -> Response:
         return Response(

@@ -26,6 +26,10 @@ class ErrorCode(StrEnum):
     INVALID_CREDENTIALS = "invalid_credentials"
     # Orders.
     INVALID_ORDER_TRANSITION = "invalid_order_transition"
+    # Refunds (orders.refunds).
+    ORDER_NOT_REFUNDABLE = "order_not_refundable"
+    REFUND_EXCEEDS_REMAINING = "refund_exceeds_remaining"
+    REFUND_CURRENCY_MISMATCH = "refund_currency_mismatch"
     # Webhooks.
     WEBHOOK_TARGET_FORBIDDEN = "webhook_target_forbidden"
     WEBHOOK_ENDPOINT_LIMIT = "webhook_endpoint_limit"

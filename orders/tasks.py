@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
+from orders.refund_tasks import complete_pending_refund, sweep_pending_refunds  # noqa: F401
 from orders.services import (
     deferred_payments_claim_due,
     deferred_payments_release,

@@ -102,7 +102,7 @@ def test_schemathesis_finds_no_mismatch(tmp_path, capsys):
             + ", ".join(f"{link_name(name)} x{n}" for name, n in sorted(followed.items()))
         )
     assert operations, output[-5000:]
-    assert int(operations.group(1)) == 14
+    assert int(operations.group(1)) == 16
     assert cases
     assert re.fullmatch(r"(\d+) generated, \1 passed(, \d+ skipped)?", cases.group(1).strip())
     assert session_code == 0, session_output[-20000:]

@@ -19,6 +19,7 @@ MODULES = [
     "accounts.services",
     "orders.services",
     "orders.payments",
+    "orders.refunds",
     "webhooks.services",
     "resilience.idempotency",
     "resilience.ratelimit.errors",

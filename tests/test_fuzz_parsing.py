@@ -197,6 +197,7 @@ def test_malformed_requests_get_a_problem_never_a_500(  # noqa: PLR0917 - one pe
 
 
 def test_every_operation_is_fuzzed():
-    assert len(OPERATIONS) == 14
+    assert len(OPERATIONS) == 16
     assert ("POST", "/api/v1/orders") in OPERATIONS
+    assert ("POST", "/api/v1/orders/{order_id}/refunds") in OPERATIONS
     uuid.UUID(str(uuid.uuid4()))

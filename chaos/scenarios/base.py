@@ -52,6 +52,8 @@ class Scenario:
     extra_checks: tuple[Callable[[RunContext], Check], ...] = ()
     needs: frozenset[str] = frozenset()  # "owned_redis", "webhooks"
     prepare: Callable[[RunContext], None] | None = None  # setup after users exist
+    # Run once right after the fault is injected (own clients of the scenario's own).
+    during_fault: Callable[[RunContext], None] | None = None
     # Its load unless the run says otherwise: "collapse" for a scenario that shows its
     # point only above the capacity the fault leaves (chaos.scenarios.load).
     load: str = "steady"

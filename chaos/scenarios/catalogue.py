@@ -8,7 +8,7 @@ patterns (see each scenario's baseline in docs/chaos/).
 
 from __future__ import annotations
 
-from chaos.scenarios import webhooks
+from chaos.scenarios import refunds, webhooks
 from chaos.scenarios.base import Check, Scenario
 from chaos.scenarios.faults import KillRedis, ProxyDown, ProxyToxic, SimulatorFaults
 from chaos.scenarios.load import fault_hold
@@ -171,6 +171,29 @@ SCENARIOS: dict[str, Scenario] = {
             calls_to="payments",
             settle_deferred=True,
             extra_checks=(_payments_calls_bounded,),
+        ),
+        Scenario(
+            name="refunds-payments-503",
+            summary=(
+                "The payment provider answers 503 to every call while refunds are asked, "
+                "each sent as concurrent copies and retried with the same Idempotency-Key"
+            ),
+            fault=SimulatorFaults(
+                "payments", (("error_rate", 1.0), ("error_status", 503), ("retry_after", 1))
+            ),
+            dependency="payments",
+            expect_breaker=True,
+            p99_bound_s=3.0,
+            recover_bound_s=30.0,
+            what_users_see=(
+                "202 with the refund pending (its amount reserved); copies in flight 409, "
+                "later ones the stored answer; the worker completes every refund after the heal."
+            ),
+            calls_to="payments",
+            settle_deferred=True,
+            extra_checks=refunds.CHECKS,
+            prepare=refunds.prepare,
+            during_fault=refunds.during_fault,
         ),
         Scenario(
             name="payments-slow",

@@ -67,6 +67,8 @@ class RunContext:
     checks: list[Check] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     good_client: dict[str, Any] | None = None  # retry-storm: the well-behaved client's load
+    # What a scenario's own hooks (prepare, during_fault, checks) keep between them.
+    scenario_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def samples(self) -> list[Sample]:
@@ -281,6 +283,8 @@ def _drive(
             if scenario.storm:
                 traffic.storm(**scenario.storm)
                 ctx.good_client = _good_client_beside_storm(ctx, duration)
+            if scenario.during_fault is not None:
+                scenario.during_fault(ctx)
             _sleep_until(traffic, ctx.t_inject + duration)
             calls_at_heal = _simulator_calls(endpoints, scenario.calls_to)
         finally:

@@ -365,3 +365,102 @@ def test_cli_serves_and_shuts_down_on_sigterm() -> None:
     assert run.returncode == 0
     assert "GET /healthz 200" in run.stderr
     assert "shutting down" in run.stderr
+
+
+# -- refunds -------------------------------------------------------------------------------
+
+
+def refund(
+    service: PaymentsService, authorization: dict, key: str | None = "refund-1", **changes: Any
+) -> requests.Response:
+    body = {
+        "authorization_id": authorization["id"],
+        "order_id": authorization["order_id"],
+        "amount": 500,
+        "currency": authorization["currency"],
+        **changes,
+    }
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    return requests.post(f"{service.api_url}/refunds", json=body, headers=headers, timeout=TIMEOUT)
+
+
+def test_a_refund_is_idempotent_on_its_key(payments: PaymentsService) -> None:
+    charge = authorize(payments).json()
+    first = refund(payments, charge)
+    replay = refund(payments, charge)
+    other = refund(payments, charge, amount=600)
+
+    assert (first.status_code, replay.status_code, other.status_code) == (201, 200, 422)
+    assert first.json()["id"].startswith("re_")
+    assert first.json()["status"] == "succeeded"
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    assert other.json()["error"] == "idempotency_key_reused"
+    assert payments.refund_stats() == {
+        "requests": 3,
+        "refunds": 1,
+        "faulted": 0,
+        "by_status": {"200": 1, "201": 1, "422": 1},
+    }
+    assert payments.refund_requests_by_key() == {"refund-1": 3}
+    assert payments.stats()["requests"] == 1  # the authorisation's counters are its own
+
+
+def test_refunds_never_exceed_the_authorization(payments: PaymentsService) -> None:
+    charge = authorize(payments).json()  # 1250
+    assert refund(payments, charge, key="a", amount=1000).status_code == 201
+    over = refund(payments, charge, key="b", amount=251)
+    assert (over.status_code, over.json()["error"]) == (422, "refund_exceeds_authorization")
+    assert refund(payments, charge, key="c", amount=250).status_code == 201
+    assert sum(r["amount"] for r in payments.refunds()) == 1250
+
+
+def test_concurrent_refunds_never_exceed_the_authorization(payments: PaymentsService) -> None:
+    charge = authorize(payments).json()  # 1250: two refunds of 500 fit
+    payments.set_faults(latency_ms=50)
+    barrier = threading.Barrier(8, timeout=TIMEOUT)
+
+    def send(index: int) -> int:
+        barrier.wait()
+        return refund(payments, charge, key=f"k{index}").status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(send, range(8)))
+    assert statuses == [201, 201] + [422] * 6
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "error"),
+    [
+        ({"authorization_id": "auth_nope"}, 404, "unknown_authorization"),
+        ({"authorization_id": ""}, 400, "invalid_request"),
+        ({"currency": "USD"}, 400, "invalid_request"),
+        ({"amount": 0}, 400, "invalid_request"),
+        ({"order_id": ""}, 400, "invalid_request"),
+    ],
+)
+def test_invalid_refunds_are_refused(
+    payments: PaymentsService, changes: dict, status: int, error: str
+) -> None:
+    charge = authorize(payments).json()
+    response = refund(payments, charge, **changes)
+    assert (response.status_code, response.json()["error"]) == (status, error)
+    assert payments.refunds() == []
+    assert refund(payments, charge, key=None).status_code == 400
+
+
+def test_refunds_honour_the_fault_switches_and_reset(payments: PaymentsService) -> None:
+    charge = authorize(payments).json()
+    payments.set_faults(fail_first_n=1, error_status=503)
+    failed = refund(payments, charge)
+    assert (failed.status_code, failed.headers["Retry-After"]) == (503, "1")
+    assert refund(payments, charge).status_code == 201  # same key, after the fault: refunded
+    payments.set_faults(down=True)
+    with pytest.raises(requests.ConnectionError):
+        refund(payments, charge)
+    payments.set_faults(down=False)
+    stats = control(payments, "GET", "/refunds").json()["stats"]
+    assert (stats["faulted"], stats["refunds"]) == (1, 1)
+    payments.reset()
+    assert payments.refunds() == []
+    assert payments.refund_stats()["requests"] == 0

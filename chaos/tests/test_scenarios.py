@@ -123,6 +123,7 @@ TESTED_SCENARIOS = [
     "postgres-slow",
     "postgres-down",
     "payments-503",
+    "refunds-payments-503",
     "payments-slow",
     "retry-storm",
     "bulkhead-saturation",

@@ -331,6 +331,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "orders.tasks.sweep_deferred_payments",
         "schedule": ORDERS_DEFERRED_PAYMENT_SWEEP_S,
     },
+    # Pending refunds (payments was unavailable) ride the same schedule (orders.refunds).
+    "sweep-pending-refunds": {
+        "task": "orders.refund_tasks.sweep_pending_refunds",
+        "schedule": ORDERS_DEFERRED_PAYMENT_SWEEP_S,
+    },
     "purge-expired-tokens": {
         "task": "accounts.tasks.purge_expired_tokens",
         "schedule": ACCOUNTS_TOKEN_PURGE_INTERVAL_S,
@@ -700,6 +705,8 @@ _RATELIMIT_POLICIES = {
         "slot": "login",
     },
     "orders_create": {"capacity": 30, "refill_rate": 1.0, "scope": "user", "fail": "open"},
+    # Refunds are rarer than orders: a burst of 10, then one every 6 s, per user.
+    "orders_refund": {"capacity": 10, "refill_rate": 10 / 60, "scope": "user", "fail": "open"},
     # The expensive query. Fails closed: its cache lives in the same Redis, so while Redis
     # is down every call would run the full query on Postgres (adr/0004).
     "orders_report": {"capacity": 5, "refill_rate": 5 / 60, "scope": "user", "fail": "closed"},
@@ -761,6 +768,7 @@ WEBHOOKS_EVENT_TYPES = [
     "order.paid",
     "order.payment_deferred",
     "order.payment_failed",
+    "order.refunded",
 ]
 WEBHOOKS_MAX_ENDPOINTS_PER_USER = env("WEBHOOKS_MAX_ENDPOINTS_PER_USER", default=20, cast=int)
 # Business rule (fixed window per user, resilience.ratelimit.business): django-ratelimit
