@@ -149,3 +149,11 @@ def test_rotating_usernames_on_the_admin_login_does_not_bypass_the_per_ip_limit(
     body = assert_problem(admin_login(client, "guess9@example.com"), 429, "rate_limited")
     assert body["violated-policies"] == ["login_ip"]
     assert client.get(ADMIN_LOGIN).status_code == 200  # showing the form spends nothing
+
+
+def test_a_lone_surrogate_in_the_email_is_a_4xx_not_a_500(api_client):
+    """JSON may escape a lone surrogate; the per-username bucket key must still hash it."""
+    body = '{"email": "\\ud800", "password": "x"}'  # valid JSON text, not valid UTF-8 once decoded
+    response = api_client.post(LOGIN, body, content_type="application/json")
+    assert 400 <= response.status_code < 500, response.content
+    assert response["Content-Type"] == "application/problem+json"

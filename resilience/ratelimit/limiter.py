@@ -106,7 +106,8 @@ class Decision:
 
 def _hash(value: str) -> str:
     # Submitted usernames are personal data and attacker-chosen: never raw in Redis keys.
-    return hashlib.sha256(value.encode()).hexdigest()[:32]
+    # JSON may carry a lone surrogate ("\ud800"): hash it as is, never fail on it.
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class Limiter:
