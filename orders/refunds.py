@@ -38,7 +38,7 @@ from common.errors import ErrorCode
 from orders.models import ORDER_TRANSITIONS, Order, OrderStatus, Refund, RefundStatus
 from orders.payments import PAYMENTS
 from orders.selectors import order_get
-from resilience import metrics
+from resilience import metrics, sweeps
 from resilience.db_routing import current_alias
 from resilience.errors import PolicyRefusal, Refusal
 from resilience.http import client
@@ -296,23 +296,18 @@ def refund_create(
 # --- The background: pending refunds ---------------------------------------------------------
 def refunds_claim_due(*, limit: int) -> list[Any]:
     """Claim the pending refunds whose next attempt is due, for one sweep (leased)."""
-    now = timezone.now()
-    with transaction.atomic(using=current_alias()):
-        due = list(
-            Refund.objects.select_for_update(skip_locked=True)
-            .filter(status=RefundStatus.PENDING, next_attempt_at__lte=now)
-            .order_by("next_attempt_at")
-            .values_list("id", flat=True)[:limit]
-        )
-        lease = timedelta(seconds=settings.ORDERS_DEFERRED_PAYMENT_LEASE_S)
-        Refund.objects.filter(id__in=due).update(next_attempt_at=now + lease)
-    return due
+    return sweeps.claim_due(
+        Refund.objects.filter(status=RefundStatus.PENDING),
+        due_field="next_attempt_at",
+        lease_s=settings.ORDERS_DEFERRED_PAYMENT_LEASE_S,
+        limit=limit,
+    )
 
 
 def refunds_release(*, refund_ids: Iterable[Any]) -> None:
     """Make claimed refunds due again at once (their task could not be published)."""
-    Refund.objects.filter(id__in=list(refund_ids), status=RefundStatus.PENDING).update(
-        next_attempt_at=timezone.now()
+    sweeps.release(
+        Refund.objects.filter(status=RefundStatus.PENDING), refund_ids, due_field="next_attempt_at"
     )
 
 

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from orders.models import ORDER_TRANSITIONS, Order, OrderItem, OrderStatus
 from orders.payments import PaymentDeclinedError, payments_authorize
-from resilience import metrics
+from resilience import metrics, sweeps
 from resilience.db_routing import current_alias
 from resilience.errors import PolicyRefusal, Refusal
 from resilience.idempotency import IdempotencyContext
@@ -211,23 +211,20 @@ def deferred_payments_claim_due(*, limit: int) -> list[Any]:
     in the queue (at collapse load they did: thousands of copies for a few hundred
     orders). If the task is lost, the order is due again when the lease runs out.
     """
-    now = timezone.now()
-    with transaction.atomic(using=current_alias()):
-        due = list(
-            Order.objects.select_for_update(skip_locked=True)
-            .filter(status=OrderStatus.PENDING_PAYMENT, next_payment_attempt_at__lte=now)
-            .order_by("next_payment_attempt_at")
-            .values_list("id", flat=True)[:limit]
-        )
-        lease = timedelta(seconds=settings.ORDERS_DEFERRED_PAYMENT_LEASE_S)
-        Order.objects.filter(id__in=due).update(next_payment_attempt_at=now + lease)
-    return due
+    return sweeps.claim_due(
+        Order.objects.filter(status=OrderStatus.PENDING_PAYMENT),
+        due_field="next_payment_attempt_at",
+        lease_s=settings.ORDERS_DEFERRED_PAYMENT_LEASE_S,
+        limit=limit,
+    )
 
 
 def deferred_payments_release(*, order_ids: Iterable[Any]) -> None:
     """Make claimed orders due again at once (their task could not be published)."""
-    Order.objects.filter(id__in=list(order_ids), status=OrderStatus.PENDING_PAYMENT).update(
-        next_payment_attempt_at=timezone.now()
+    sweeps.release(
+        Order.objects.filter(status=OrderStatus.PENDING_PAYMENT),
+        order_ids,
+        due_field="next_payment_attempt_at",
     )
 
 
