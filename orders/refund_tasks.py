@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from orders.refunds import refund_complete_pending, refunds_claim_due, refunds_release
+from resilience import sweeps
 
 
 @shared_task(name="orders.refund_tasks.complete_pending_refund")
@@ -18,11 +19,6 @@ def complete_pending_refund(refund_id: str) -> str:
 def sweep_pending_refunds() -> int:
     """Enqueue one attempt for every pending refund that is due (bounded batch, claimed)."""
     due = refunds_claim_due(limit=settings.ORDERS_DEFERRED_PAYMENT_BATCH)
-    for sent, refund_id in enumerate(due):
-        try:
-            complete_pending_refund.delay(str(refund_id))
-        except Exception:  # kombu and redis raise many types; all mean "not now"
-            # The broker is out: what was not published is due again for the next sweep.
-            refunds_release(refund_ids=due[sent:])
-            raise
-    return len(due)
+    return sweeps.enqueue_claimed(
+        due, complete_pending_refund, lambda rest: refunds_release(refund_ids=rest)
+    )

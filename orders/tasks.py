@@ -11,6 +11,7 @@ from orders.services import (
     deferred_payments_release,
     order_authorize_deferred,
 )
+from resilience import sweeps
 
 
 @shared_task(name="orders.tasks.authorize_deferred_payment")
@@ -23,11 +24,6 @@ def authorize_deferred_payment(order_id: str) -> str:
 def sweep_deferred_payments() -> int:
     """Enqueue one attempt for every deferred order that is due (bounded batch, claimed)."""
     due = deferred_payments_claim_due(limit=settings.ORDERS_DEFERRED_PAYMENT_BATCH)
-    for sent, order_id in enumerate(due):
-        try:
-            authorize_deferred_payment.delay(str(order_id))
-        except Exception:  # kombu and redis raise many types; all mean "not now"
-            # The broker is out: what was not published is due again for the next sweep.
-            deferred_payments_release(order_ids=due[sent:])
-            raise
-    return len(due)
+    return sweeps.enqueue_claimed(
+        due, authorize_deferred_payment, lambda rest: deferred_payments_release(order_ids=rest)
+    )

@@ -9,7 +9,7 @@ its task could not even be published, :func:`release` makes it due at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -40,3 +40,18 @@ def claim_due(
 def release(queryset: models.QuerySet, ids: Iterable[Any], *, due_field: str) -> None:
     """Make claimed rows of ``queryset`` due again at once."""
     queryset.filter(id__in=list(ids)).update(**{due_field: timezone.now()})
+
+
+def enqueue_claimed(ids: list[Any], task: Any, release_rest: Callable[[list[Any]], None]) -> int:
+    """Publish one ``task`` per claimed id; when the broker fails, release what was not sent.
+
+    The rest is due again for the next sweep (kombu and redis raise many types; all mean
+    "not now"), and the error propagates so the sweep shows as failed.
+    """
+    for sent, row_id in enumerate(ids):
+        try:
+            task.delay(str(row_id))
+        except Exception:
+            release_rest(ids[sent:])
+            raise
+    return len(ids)
