@@ -265,7 +265,7 @@ def server(mode: str, payments_url: str, workdir: Path, *, name: str | None = No
         RATELIMIT_TRUSTED_PROXIES="127.0.0.1/32",  # the bench is the gateway
         RATELIMIT_KEY_PREFIX=f"bench-overload-{uuid.uuid4().hex}",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        CONCURRENCY_LIMIT_ENABLED="false" if mode == "off" else "true",  # shipped off
+        CONCURRENCY_LIMIT_ENABLED="false" if mode == "off" else "true",
         CONCURRENCY_LIMIT_MODE="static" if mode == "static" else "adaptive",
     )
     return port, running(GUNICORN_COMMAND, env=env, log_path=workdir / f"web-{name}.log")
@@ -361,7 +361,7 @@ def overhead() -> list[str]:
 
     from django.conf import settings as live
 
-    on = {**live.RESILIENCE_CONCURRENCY, "enabled": True}  # shipped off until tuned
+    on = {**live.RESILIENCE_CONCURRENCY, "enabled": True}  # the test settings may differ
     with override_settings(RESILIENCE_CONCURRENCY=on):
         concurrency.reset()
         limiter_us = _cpu_us(through_limiter) - _cpu_us(bare)

@@ -157,8 +157,8 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
         problems.append(f"priorities must be exactly {list(PRIORITIES)}")
     elif sum(c["share"] for c in classes.values()) > 1 + 1e-9:
         problems.append("the priority shares add up to more than the whole limit")
-    elif any(c["queue_budget_s"] <= 0 for c in classes.values()):
-        problems.append("every priority's queue_budget_s must be above 0")
+    elif any(not 0 < c["standing_queue_budget_s"] <= c["queue_budget_s"] for c in classes.values()):
+        problems.append("every priority needs 0 < standing_queue_budget_s <= queue_budget_s")
     if raw.get("default_priority") not in PRIORITIES:
         problems.append(f"default_priority must be one of {list(PRIORITIES)}")
     return [Error(f"RESILIENCE_CONCURRENCY: {p}.", id="resilience.E011") for p in problems]

@@ -23,7 +23,12 @@ work:
 * **Queue time**: a request that already waited longer than its class's budget before
   reaching Django (``X-Request-Start: t=<epoch seconds>`` set by the gateway, or the
   wait in gunicorn's thread queue measured by ``resilience.gunicorn_worker``) is shed at
-  once instead of being served late (Facebook's "Fail at Scale" queue budget).
+  once instead of being served late (Facebook's "Fail at Scale" queue budget). The
+  budget is CoDel's, as Facebook uses it: while the queue drains now and then (a request
+  found it nearly empty within the last ``standing_after_s``) a burst may wait the long
+  budget; once the queue stands, only the short one, so the requests served under a
+  standing overload are served soon after they arrived, not after waiting the long
+  budget in a FIFO queue.
 
 Why our own code: no maintained Python library implements adaptive concurrency for
 WSGI (the reference implementations are Java, Go and Envoy's C++).
@@ -105,6 +110,9 @@ class Config:
     queue_size: float
     shares: dict[str, float]
     queue_budgets_s: dict[str, float]
+    standing_queue_budgets_s: dict[str, float]
+    queue_empty_s: float
+    standing_after_s: float
     default_priority: str
     exempt_paths: tuple[str, ...]
     retry_after_s: float
@@ -135,6 +143,11 @@ def _build_config() -> Config:
         queue_size=gradient["queue_size"],
         shares={name: classes[name]["share"] for name in PRIORITIES},
         queue_budgets_s={name: classes[name]["queue_budget_s"] for name in PRIORITIES},
+        standing_queue_budgets_s={
+            name: classes[name]["standing_queue_budget_s"] for name in PRIORITIES
+        },
+        queue_empty_s=raw["standing_queue"]["empty_below_s"],
+        standing_after_s=raw["standing_queue"]["after_s"],
         default_priority=raw["default_priority"],
         exempt_paths=tuple(raw["exempt_paths"]),
         retry_after_s=raw["retry_after_s"],
@@ -190,9 +203,43 @@ class Gradient2Limit:
         # threads, so it may grow back at light load too (else a limit shrunk by a spike
         # stays low while light traffic never fills half of it, and bursts are shed).
         gradient = max(0.5, min(1.0, cfg.tolerance * self.long_rtt / short))
-        target = self.limit * gradient + cfg.queue_size
+        # The queue allowance shrinks with the limit (at most queue_size, else its square
+        # root): a fixed 4 holds the limit at 8 or more whatever the latency (the fixed
+        # point of limit x 0.5 + 4), too many on a node whose processes each run one
+        # Python thread at a time.
+        target = self.limit * gradient + min(cfg.queue_size, math.sqrt(self.limit))
         smoothed = self.limit * (1 - cfg.smoothing) + target * cfg.smoothing
         self.limit = max(float(cfg.min_limit), min(float(cfg.max_limit), smoothed))
+
+
+# --- Queue time (CoDel) -----------------------------------------------------------------
+
+
+class QueueWatch:
+    """Is the server's queue standing? (CoDel: it has not been nearly empty for a while.)
+
+    Every request's wait is a look at the queue: a wait under ``queue_empty_s`` means it
+    found the queue (almost) empty. A burst drains and is allowed the long budget; a queue
+    that has not drained for ``standing_after_s`` is a standing overload.
+    """
+
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self.last_empty = clock()
+
+    def budget(self, level: str, waited: float) -> float:
+        """Note ``waited``; the queue budget of a ``level`` request now."""
+        now = self._clock()
+        if waited < self.cfg.queue_empty_s:
+            self.last_empty = now  # a float store: atomic, no lock needed
+        if now - self.last_empty > self.cfg.standing_after_s:
+            return self.cfg.standing_queue_budgets_s[level]
+        return self.cfg.queue_budgets_s[level]
+
+    @property
+    def standing(self) -> bool:
+        return self._clock() - self.last_empty > self.cfg.standing_after_s
 
 
 # --- Partitions -------------------------------------------------------------------------
@@ -210,6 +257,7 @@ class ConcurrencyLimiter:
     def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.gradient = Gradient2Limit(cfg, clock=clock)
+        self.queue = QueueWatch(cfg, clock=clock)
         self.in_flight = dict.fromkeys(PRIORITIES, 0)
         self._lock = threading.Lock()
 
@@ -317,10 +365,11 @@ class ConcurrencyLimitMiddleware:
         if not cfg.enabled or request.path.startswith(cfg.exempt_paths):
             return None
         level = priority_of(view_func, request.method or "GET")
+        state = limiter()
         waited = queue_wait_s(request)
-        if waited is not None and waited > cfg.queue_budgets_s[level]:
+        if waited is not None and waited > state.queue.budget(level, waited):
             return shed(request, ShedDecision("queue_time", level))
-        refusal = limiter().try_acquire(level)
+        refusal = state.try_acquire(level)
         if refusal is not None:
             return shed(request, refusal)
         waited, token = count_dependency_wait()

@@ -36,7 +36,7 @@ def test_a_request_queued_past_its_budget_is_shed_when_a_thread_takes_it(tmp_pat
         WEB_THREADS="4",
         PAYMENTS_BULKHEAD_MAX="2",  # the sizing check's rule for 4 threads
         RATELIMIT_ENABLED="false",
-        CONCURRENCY_LIMIT_ENABLED="true",  # shipped off until tuned (adr/0010)
+        CONCURRENCY_LIMIT_ENABLED="true",  # the default; said, since this test is about it
         CONCURRENCY_LIMIT_MODE="static",  # the limit (4 = threads) is not under test here
         CONCURRENCY_STATIC_LIMIT="4",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),

@@ -46,6 +46,9 @@ class Scenario:
     recover_bound_s: float  # heal -> every answer healthy again
     what_users_see: str
     create_share: float = 0.5  # fraction of requests that place orders (the rest read)
+    # Share of each operation (chaos.scenarios.traffic.OPERATIONS) when not just orders
+    # and reads at create_share; overload mixes every priority class.
+    mix: dict[str, float] | None = None
     calls_to: str | None = None  # simulator whose received calls are counted ("payments")
     settle_deferred: bool = False  # pending_payment orders must be paid in the end
     storm: dict[str, int] | None = None  # retry-storm burst fired during the fault
@@ -60,12 +63,27 @@ class Scenario:
     # Beside its baseline, the resilient run must show a p99 at least this many times
     # lower, or the baseline must fail requests the resilient run served (issue 12).
     beats_baseline_by: float | None = None
+    # What "beats the baseline" means when not a p99 ratio (overload: critical goodput).
+    beats_baseline: Callable[[RunContext, RunContext], Check] | None = None
+    # Healthy traffic kept after recovery, seen in the report (overload: the limit grows
+    # back in it).
+    tail_s: float = 1.5
+    # What a healthy answer is, when not "2xx, orders paid" (overload: at its capacity a
+    # service may shed its lowest classes; critical requests must be served).
+    healthy_when: Callable[[Sample], bool] | None = None
     default_duration_s: float = 30.0
     ci_duration_s: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def create_fraction(self) -> float:
+        """Fraction of the requests that place orders."""
+        return self.mix.get("create", 0.0) if self.mix else self.create_share
+
     def healthy(self, sample: Sample) -> bool:
         """Is this what a user gets when nothing is wrong?"""
+        if self.healthy_when is not None:
+            return self.healthy_when(sample)
         if sample.status not in (200, 201):
             return False
         return sample.op not in ("create", "storm") or sample.order_status == "paid"

@@ -8,9 +8,9 @@ patterns (see each scenario's baseline in docs/chaos/).
 
 from __future__ import annotations
 
-from chaos.scenarios import refunds, webhooks
+from chaos.scenarios import overload, refunds, webhooks
 from chaos.scenarios.base import Check, Scenario
-from chaos.scenarios.faults import KillRedis, ProxyDown, ProxyToxic, SimulatorFaults
+from chaos.scenarios.faults import KillRedis, LoadSpike, ProxyDown, ProxyToxic, SimulatorFaults
 from chaos.scenarios.load import fault_hold
 from chaos.scenarios.runner import RunContext, percentile
 from chaos.scenarios.traffic import NOT_SENT
@@ -265,6 +265,34 @@ SCENARIOS: dict[str, Scenario] = {
             # At 10 requests/s the shipped bulkhead never fills; above the capacity the
             # fault leaves, calls beyond its slots are refused at once.
             load="collapse",
+        ),
+        Scenario(
+            name="overload",
+            beats_baseline_by=overload.BASELINE_GOODPUT_FACTOR,
+            beats_baseline=overload.beats_baseline,
+            tail_s=overload.TAIL_S,
+            healthy_when=overload.healthy,
+            summary=(
+                "A traffic spike to 3x the stack's measured capacity, every priority class "
+                "in the mix, nothing failing"
+            ),
+            fault=LoadSpike(3.0),
+            dependency="",  # no breaker: the load shedder (resilience.concurrency)
+            expect_breaker=False,
+            # Shed answers are fast; served ones wait at most their class's queue budget
+            # (1 s for critical) plus their own time.
+            p99_bound_s=3.0,
+            recover_bound_s=15.0,
+            what_users_see=(
+                "Critical requests (orders, order detail) served as before; lists and the "
+                "report shed first with 503 overloaded and Retry-After."
+            ),
+            mix=overload.MIX,
+            prepare=overload.prepare,
+            extra_checks=overload.CHECKS,
+            extra={"users": overload.USERS},
+            default_duration_s=20.0,
+            ci_duration_s=6.0,
         ),
     )
 }

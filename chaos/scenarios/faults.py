@@ -172,6 +172,24 @@ class KillRedis:
             endpoints.redis.start()
 
 
+@dataclass(frozen=True)
+class LoadSpike:
+    """No dependency fails: the traffic itself rises to ``times_capacity`` x the capacity
+    the run measured (the runner changes its rate at inject and heal)."""
+
+    times_capacity: float = 3.0
+
+    @property
+    def description(self) -> str:
+        return f"open-loop traffic raised to {self.times_capacity:g}x the measured capacity"
+
+    def inject(self, endpoints: Endpoints) -> None:
+        """Nothing to break on the stack: the runner raises the traffic's rate."""
+
+    def heal(self, endpoints: Endpoints) -> None:
+        """Nothing to mend: the runner puts the traffic's rate back."""
+
+
 def heal_everything(endpoints: Endpoints) -> list[str]:
     """Reset the proxy (every proxy enabled, every toxic removed) and every simulator's
     fault switches; return what was done. Counters and recorded data are kept."""

@@ -15,6 +15,11 @@ the stack under test, never from numbers written here.
 
 A fault that fails calls fast (a refused connection, a 503) takes no thread for long:
 its capacity is not bounded by threads, so the load is the ceiling.
+
+A load spike (``overload``) breaks no dependency: the stack's capacity is what its CPU
+serves, which no setting says, so the run measures it first (closed loop, the
+scenario's own mix and client) and drives a fraction of it before and after the spike
+and a multiple of it during (``capacity_plan``).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chaos.scenarios.client import ChaosError
-from chaos.scenarios.faults import ProxyToxic, SimulatorFaults
+from chaos.scenarios.faults import LoadSpike, ProxyToxic, SimulatorFaults
 
 if TYPE_CHECKING:
     from chaos.scenarios.base import Scenario
@@ -41,6 +49,16 @@ COLLAPSE_FACTOR = 1.5
 COLLAPSE_CEILING_RPS = 60.0
 # Names the breaker policy may give its slow-call duration threshold (resilience4j's
 # slowCallDurationThreshold), first match wins.
+# Capacity measurement: closed-loop clients per web thread (one: every thread busy, no
+# queue for the shedder to cut, so it measures serving, not shedding), and how long.
+CAPACITY_CLIENTS_PER_THREAD = 1
+CAPACITY_MEASURE_S = 6.0
+# The load before and after a spike, as a fraction of the measured capacity: 1x, the
+# reference the spike's goodput and p99 are held to (issue 13's acceptance).
+SPIKE_STEADY_FRACTION = 1.0
+# A collapse load stays under this fraction of the stack's measured healthy capacity, so
+# the stack is not saturated before the fault (the 60 rps ceiling is a machine's).
+COLLAPSE_HEALTHY_FRACTION = 0.8
 SLOW_CALL_KEYS = ("slow_call_duration_s", "slow_call_duration_threshold_s", "slow_call_s")
 
 _SNIPPET = """
@@ -164,7 +182,7 @@ def fault_hold(scenario: Scenario, stack: StackSettings) -> tuple[float | None, 
 class LoadPlan:
     """The rate a run sends and how it was derived (printed, and kept in the report)."""
 
-    mode: str  # "steady" (the --rps given) or "collapse"
+    mode: str  # "steady" (the --rps given), "collapse" or "capacity" (a load spike)
     rps: float
     web_workers: int | None = None
     web_threads: int | None = None
@@ -176,8 +194,21 @@ class LoadPlan:
     ceiling_rps: float = COLLAPSE_CEILING_RPS
     clipped: bool = False
     settings_source: str = ""
+    steady_fraction: float = 1.0  # capacity mode: of the capacity, before and after
+    healthy_capacity_rps: float | None = None  # collapse mode: measured, before the fault
+    spike_rps: float | None = None  # capacity mode: the rate during the spike
+    measured_with: str = ""  # capacity mode: how the capacity was measured
 
     def describe(self) -> str:
+        if self.mode == "capacity" and self.capacity_rps is None:
+            return "capacity of the stack: measured once the stack is steady"
+        if self.mode == "capacity":
+            return (
+                f"capacity of the stack, measured: {self.capacity_rps:.1f} successful answers/s "
+                f"of the mix ({self.measured_with}); {self.steady_fraction:g}x = {self.rps:g} "
+                f"requests/s before and after the spike, {self.factor:g}x = "
+                f"{self.spike_rps:g} requests/s during it [{self.settings_source}]"
+            )
         if self.mode != "collapse":
             return f"steady load: {self.rps:g} requests/s"
         threads = f"{self.web_workers} web processes x {self.web_threads} threads"
@@ -200,11 +231,17 @@ class LoadPlan:
             tail = f"driving {self.factor:g}x = {self.rps:g} requests/s"
             if self.clipped:
                 tail += f" (clipped to the ceiling of {self.ceiling_rps:g})"
-            if self.rps * self.share < self.capacity_rps:
-                tail += (
-                    "; NOTE: below the capacity, so the baseline is not pushed past it "
-                    "(raise --max-rps on a machine that can send and serve more)"
-                )
+        if self.healthy_capacity_rps is not None:
+            tail += (
+                f"; ceiling {self.ceiling_rps:g} = the lower of --max-rps and "
+                f"{COLLAPSE_HEALTHY_FRACTION:g}x the healthy capacity measured before the "
+                f"fault, {self.healthy_capacity_rps:.1f} answers/s ({self.measured_with})"
+            )
+        if self.capacity_rps is not None and self.rps * self.share < self.capacity_rps:
+            tail += (
+                "; NOTE: below the capacity, so the baseline is not pushed past it "
+                "(a machine that can send and serve more is needed to show the collapse)"
+            )
         return f"{head}; {tail} [{self.settings_source}]"
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,8 +254,15 @@ def collapse_plan(
     *,
     factor: float = COLLAPSE_FACTOR,
     ceiling_rps: float = COLLAPSE_CEILING_RPS,
+    healthy_capacity_rps: float | None = None,
+    measured_with: str = "",
 ) -> LoadPlan:
-    """The collapse load for ``scenario`` on a stack with ``stack``'s settings."""
+    """The collapse load for ``scenario`` on a stack with ``stack``'s settings, clipped to
+    ``COLLAPSE_HEALTHY_FRACTION`` of its measured healthy capacity when known."""
+    if healthy_capacity_rps is not None:
+        ceiling_rps = min(
+            ceiling_rps, float(math.floor(COLLAPSE_HEALTHY_FRACTION * healthy_capacity_rps))
+        )
     hold, reason = fault_hold(scenario, stack)
     share = scenario.create_share if scenario.dependency == "payments" else 1.0
     common = {
@@ -230,6 +274,8 @@ def collapse_plan(
         "factor": factor,
         "ceiling_rps": ceiling_rps,
         "settings_source": stack.source,
+        "healthy_capacity_rps": healthy_capacity_rps,
+        "measured_with": measured_with,
     }
     if hold is None or hold <= 0:
         return LoadPlan(rps=ceiling_rps, **common)
@@ -242,4 +288,63 @@ def collapse_plan(
         capacity_rps=capacity,
         clipped=wanted > ceiling_rps,
         **common,
+    )
+
+
+def measure_capacity(
+    operations: dict[str, Callable[[int], None]],
+    pick: Callable[[], str],
+    served: Callable[[], int],
+    *,
+    users: int,
+    clients: int,
+    seconds: float = CAPACITY_MEASURE_S,
+) -> float:
+    """Successful answers per second of the mix, closed loop: ``clients`` threads each
+    send the next request as soon as the last one answered, for ``seconds``.
+
+    ``operations`` send one request as a user (a Traffic's, so the client is the one the
+    run uses), ``pick`` chooses the next one, ``served`` counts the successes so far.
+    """
+    stop_at = time.monotonic() + seconds
+    lock = threading.Lock()
+    counter = [0]
+
+    def loop() -> None:
+        while time.monotonic() < stop_at:
+            with lock:
+                user = counter[0] % users
+                counter[0] += 1
+                op = pick()
+            operations[op](user)
+
+    before = served()
+    started = time.monotonic()
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)  # each request has its client timeout
+    return (served() - before) / max(1e-9, time.monotonic() - started)
+
+
+def capacity_plan(
+    scenario: Scenario, stack: StackSettings, capacity_rps: float, measured_with: str
+) -> LoadPlan:
+    """The load of a spike scenario: a fraction of the measured capacity, then a multiple."""
+    fault = scenario.fault
+    if not isinstance(fault, LoadSpike):
+        raise ChaosError(f"{scenario.name}: capacity load is for a load spike")
+    return LoadPlan(
+        mode="capacity",
+        rps=round(capacity_rps * SPIKE_STEADY_FRACTION, 1),
+        web_workers=stack.web_workers,
+        web_threads=stack.web_threads,
+        capacity_rps=capacity_rps,
+        steady_fraction=SPIKE_STEADY_FRACTION,
+        factor=fault.times_capacity,
+        spike_rps=round(capacity_rps * fault.times_capacity, 1),
+        hold_reason="no dependency fails: the CPU is the capacity",
+        measured_with=measured_with,
+        settings_source=stack.source,
     )

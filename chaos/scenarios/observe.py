@@ -84,6 +84,8 @@ class Observation:
     ready_status: int = 0
     degraded: list[str] = field(default_factory=list)
     opened: Mapping[str, float] = field(default_factory=dict)  # transitions to open so far
+    # The load shedder's limit summed over the web processes (None: not exported).
+    concurrency_limit: float | None = None
 
 
 class Observer:
@@ -119,4 +121,12 @@ class Observer:
         status, degraded = fetch_readiness(self.base_url)
         if not metrics:
             return Observation(t, {}, status, degraded)
-        return Observation(t, breaker_states(metrics), status, degraded, breaker_openings(metrics))
+        limit = [v for (name, _), v in metrics.items() if name == "resilience_concurrency_limit"]
+        return Observation(
+            t,
+            breaker_states(metrics),
+            status,
+            degraded,
+            breaker_openings(metrics),
+            sum(limit) if limit else None,
+        )

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from chaos.scenarios.faults import LoadSpike
 from chaos.scenarios.observe import BREAKER_STATES
 from chaos.scenarios.runner import RunContext, compare_with_baseline, percentile
 from chaos.scenarios.traffic import NOT_SENT, Sample
@@ -210,6 +211,32 @@ def _class_table(ctx: RunContext, baseline: RunContext | None) -> list[str]:
     return lines
 
 
+PHASE_NAMES = {"before": "before the spike", "spike": "during the spike", "after": "after it"}
+
+
+def _priority_table(ctx: RunContext, baseline: RunContext | None) -> list[str]:
+    """Per priority class (load shedding), before, during and after a load spike."""
+    runs = [("resilient", ctx.summary["priorities"])]
+    if baseline is not None and baseline.summary.get("priorities"):
+        runs.append(("baseline", baseline.summary["priorities"]))
+    lines = [
+        "",
+        "## Per priority class (goodput: answers within 2 s)",
+        "",
+        "| run | phase | class | requests | goodput | p50 | p99 | shed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run, phases in runs:
+        for phase, figures in phases.items():
+            for level, f in figures.items():
+                lines.append(
+                    f"| {run} | {PHASE_NAMES.get(phase, phase)} | {level} | {f['requests']} "
+                    f"| {f['goodput_rps']:.1f}/s | {_value(f['p50_s'], 'ms')} "
+                    f"| {_value(f['p99_s'], 'ms')} | {f['shed']} ({f['shed_share']:.0%}) |"
+                )
+    return lines
+
+
 def _client_load_table(load: dict[str, Any]) -> list[str]:
     """The storm's naive clients beside the good client: requests per logical operation."""
     from chaos.scenarios.good_client import ClientLoad, comparison_lines
@@ -272,10 +299,14 @@ def _beside(ctx: RunContext, baseline: RunContext) -> list[str]:
 def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: str = "") -> str:
     sc, s = ctx.scenario, ctx.summary
     cfg = ctx.config
+    mix = (
+        ", ".join(f"{share:.0%} {op}" for op, share in sc.mix.items())
+        if sc.mix
+        else f"{sc.create_share:.0%} POST /api/v1/orders with Idempotency-Key, the rest GETs"
+    )
     traffic = (
         f"{cfg['rps']:g} requests/s, open loop, from {cfg['users']} users on as many "
-        f"loopback addresses (up to 250) ({sc.create_share:.0%} "
-        "POST /api/v1/orders with Idempotency-Key, the rest GETs); "
+        f"loopback addresses (up to 250) ({mix}); "
         f"steady {cfg['steady_s']:g} s, fault {cfg['duration_s']:g} s"
     )
     lines = [
@@ -304,6 +335,8 @@ def markdown(ctx: RunContext, baseline: RunContext | None = None, *, command: st
         lines.append(f"| {check.name} | {result} | {check.detail} |")
     if s:
         lines += _class_table(ctx, baseline)
+        if s.get("priorities"):
+            lines += _priority_table(ctx, baseline)
         if baseline is not None and baseline.summary:
             lines += _beside(ctx, baseline)
         if s.get("client_load"):
@@ -371,15 +404,25 @@ def plot(ctx: RunContext, path: Path, *, title: str | None = None) -> None:
     ax_lat.legend(loc="upper left", fontsize=8)
     dependency = ctx.scenario.dependency or "payments"
     obs = ctx.observer.observations
-    ax_brk.step(
-        [o.t for o in obs],
-        [o.breakers.get(dependency, 0) for o in obs],
-        where="post",
-        color="#d62728",
-    )
-    ax_brk.set_yticks(list(BREAKER_STATES), list(BREAKER_STATES.values()))
-    ax_brk.set_ylim(-0.3, 2.3)
-    ax_brk.set_ylabel(f"breaker\n{dependency}")
+    if isinstance(ctx.scenario.fault, LoadSpike):
+        # No breaker here: the load shedder's limit (summed over the web processes).
+        ax_brk.step(
+            [o.t for o in obs],
+            [o.concurrency_limit if o.concurrency_limit is not None else float("nan") for o in obs],
+            where="post",
+            color="#d62728",
+        )
+        ax_brk.set_ylabel("concurrency\nlimit")
+    else:
+        ax_brk.step(
+            [o.t for o in obs],
+            [o.breakers.get(dependency, 0) for o in obs],
+            where="post",
+            color="#d62728",
+        )
+        ax_brk.set_yticks(list(BREAKER_STATES), list(BREAKER_STATES.values()))
+        ax_brk.set_ylim(-0.3, 2.3)
+        ax_brk.set_ylabel(f"breaker\n{dependency}")
     ax_brk.set_xlabel("seconds since traffic started")
     for ax in (ax_rate, ax_lat, ax_brk):
         ax.axvspan(ctx.t_inject, ctx.t_heal, color="#d62728", alpha=0.12)

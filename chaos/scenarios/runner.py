@@ -14,11 +14,16 @@ from typing import Any
 
 from chaos.scenarios.base import Check, Scenario, documented
 from chaos.scenarios.client import ChaosError, request, require_loopback
-from chaos.scenarios.faults import Endpoints
+from chaos.scenarios.faults import Endpoints, LoadSpike
 from chaos.scenarios.load import (
+    CAPACITY_CLIENTS_PER_THREAD,
+    CAPACITY_MEASURE_S,
     COLLAPSE_CEILING_RPS,
     LoadPlan,
+    StackSettings,
+    capacity_plan,
     collapse_plan,
+    measure_capacity,
     slow_call_threshold,
     users_for,
 )
@@ -83,7 +88,8 @@ class RunContext:
 
     @property
     def collapse(self) -> bool:
-        return self.config.get("load", {}).get("mode") == "collapse"
+        """Driven above what the baseline can take (a fault's collapse load, or a spike)."""
+        return self.config.get("load", {}).get("mode") in ("collapse", "capacity")
 
     @property
     def passed(self) -> bool:
@@ -179,6 +185,7 @@ def run_scenario(
     users: int | None = None,
     load: str | None = None,
     collapse_ceiling_rps: float = COLLAPSE_CEILING_RPS,
+    capacity_rps: float | None = None,
     log: Log = print,
     seed: int | None = None,
 ) -> RunContext:
@@ -186,7 +193,9 @@ def run_scenario(
 
     ``load="collapse"`` ignores ``rps`` and drives the collapse load computed from the
     stack's settings (chaos.scenarios.load); ``None`` takes the scenario's own default
-    (``bulkhead-saturation``: collapse).
+    (``bulkhead-saturation``: collapse). A load spike (``overload``) always runs on the
+    capacity it measures first, or on ``capacity_rps`` when given (its baseline gets the
+    resilient run's, so both see the same load).
     """
     base_url = require_loopback(endpoints.base_url)
     if "owned_redis" in scenario.needs and endpoints.redis is None:
@@ -195,15 +204,12 @@ def run_scenario(
     steady = steady_s if steady_s is not None else min(10.0, max(2.0, duration / 3))
     recover_timeout = recover_timeout_s or max(30.0, 2 * scenario.recover_bound_s)
     stack = endpoints.settings
-    mode = load or scenario.load
-    if mode == "collapse":
-        if stack is None:
-            raise ChaosError("collapse load needs the settings of the stack under test")
-        plan = collapse_plan(scenario, stack, ceiling_rps=collapse_ceiling_rps)
-        rps = plan.rps
-    else:
-        plan = LoadPlan(mode="steady", rps=rps)
-    user_count = users or users_for(stack, rps * scenario.create_share)
+    mode = "capacity" if isinstance(scenario.fault, LoadSpike) else load or scenario.load
+    plan = _first_plan(scenario, stack, mode, rps, collapse_ceiling_rps)
+    rps = plan.rps
+    user_count = (
+        users or scenario.extra.get("users") or users_for(stack, rps * scenario.create_fraction)
+    )
     config = {
         "duration_s": duration,
         "rps": rps,
@@ -216,7 +222,8 @@ def run_scenario(
         "resilience_enabled": endpoints.env.get("RESILIENCE_ENABLED", "true (stack default)"),
         "stack_settings": stack.to_dict() if stack else None,
     }
-    log(f"[{scenario.name}] {plan.describe()}")
+    if mode != "capacity":
+        log(f"[{scenario.name}] {plan.describe()}")
     log(f"[{scenario.name}] {user_count} users on {base_url}; fault: {scenario.fault.description}")
     pool = make_users(base_url, user_count)
     scenario.fault.heal(endpoints)  # a leftover from an interrupted run would spoil the baseline
@@ -236,8 +243,11 @@ def run_scenario(
         max_requests=int(rps * max_seconds * 1.5) + storm_requests,
         # Under collapse load the baseline's answers take seconds: the client must keep
         # sending (open loop), so it allows a few seconds' worth of requests in flight.
-        max_in_flight=max(32, min(MAX_IN_FLIGHT, math.ceil(rps * 4))),
+        max_in_flight=(
+            MAX_IN_FLIGHT if mode == "capacity" else max(32, min(MAX_IN_FLIGHT, math.ceil(rps * 4)))
+        ),
         create_share=scenario.create_share,
+        mix=scenario.mix,
         seed=seed,
     )
     ctx = RunContext(scenario, endpoints, config, pool, traffic, Observer(base_url, 0.0))
@@ -247,6 +257,11 @@ def run_scenario(
     if not ctx.steady.passed:
         ctx.checks = [ctx.steady]
         return ctx
+    if mode in ("capacity", "collapse"):
+        plan = _plan_on_measured_capacity(
+            ctx, mode, capacity_rps, max_seconds, collapse_ceiling_rps
+        )
+        log(f"[{scenario.name}] {plan.describe()}")
     ctx.counts_before = {i: _order_count(base_url, u) or 0 for i, u in enumerate(pool)}
     ctx.metrics_before = fetch_metrics(base_url) or {}
     t0 = time.monotonic()
@@ -266,6 +281,79 @@ def run_scenario(
     return ctx
 
 
+def measured_capacity(ctx: RunContext) -> float | None:
+    """The healthy capacity a run measured (its baseline is given it: the same load)."""
+    load = ctx.config.get("load", {})
+    if load.get("mode") == "capacity":
+        return load.get("capacity_rps")
+    return load.get("healthy_capacity_rps")
+
+
+def _first_plan(
+    scenario: Scenario, stack: StackSettings | None, mode: str, rps: float, ceiling: float
+) -> LoadPlan:
+    """The load known before the run starts (a spike's waits for its measured capacity)."""
+    if mode in ("capacity", "collapse") and stack is None:
+        raise ChaosError(f"{mode} load needs the settings of the stack under test")
+    if mode == "capacity":
+        return LoadPlan(mode="capacity", rps=1.0)  # until the capacity is measured
+    if mode == "collapse":
+        return collapse_plan(scenario, stack, ceiling_rps=ceiling)
+    return LoadPlan(mode="steady", rps=rps)
+
+
+def _plan_on_measured_capacity(
+    ctx: RunContext, mode: str, given: float | None, max_seconds: float, ceiling: float
+) -> LoadPlan:
+    """Measure the stack's healthy capacity (unless given) and set the traffic's load.
+
+    A spike runs on multiples of it. A collapse load is clipped to a fraction of it as
+    well as to ``ceiling``: above its capacity a stack is saturated before any fault,
+    and the run would measure the machine, not the fault (the capacity of a 2-core
+    machine varies by a factor of 2 or more between hosts).
+    """
+    stack, traffic = ctx.endpoints.settings, ctx.traffic
+    clients = CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads
+    if given is None:
+        how = f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
+        # Its own Traffic (never started): the run's client and mix, not the run's samples.
+        probe = Traffic(
+            ctx.endpoints.base_url,
+            ctx.users,
+            rps=1.0,
+            t0=time.monotonic(),
+            max_seconds=CAPACITY_MEASURE_S + 60,
+            max_requests=10**6,
+            mix=traffic.mix,
+            seed=1,
+        )
+        for user, ids in enumerate(traffic.known_orders()):
+            probe.know_orders(user, ids)
+        capacity = measure_capacity(
+            probe.operations,
+            probe.pick,
+            lambda: sum(1 for s in probe.snapshot() if s.status in (200, 201)),
+            users=len(ctx.users),
+            clients=clients,
+        )
+    else:
+        capacity, how = given, "measured on the resilient run's stack"
+    if mode == "capacity":
+        plan = capacity_plan(ctx.scenario, stack, capacity, how)
+        traffic.max_requests = int(plan.spike_rps * max_seconds * 1.2)
+    else:
+        plan = collapse_plan(
+            ctx.scenario,
+            stack,
+            ceiling_rps=ceiling,
+            healthy_capacity_rps=capacity,
+            measured_with=how,
+        )
+    traffic.set_rate(plan.rps)
+    ctx.config.update(rps=plan.rps, load=plan.to_dict())
+    return plan
+
+
 def _drive(
     ctx: RunContext, steady: float, duration: float, recover_timeout: float, log: Log
 ) -> int | None:
@@ -278,6 +366,8 @@ def _drive(
         calls_before = _simulator_calls(endpoints, scenario.calls_to)
         log(f"[{scenario.name}] t={traffic.now():.1f}s inject: {scenario.fault.description}")
         scenario.fault.inject(endpoints)
+        if isinstance(scenario.fault, LoadSpike):
+            traffic.set_rate(ctx.config["load"]["spike_rps"])
         ctx.t_inject = traffic.now()
         try:
             if scenario.storm:
@@ -289,12 +379,13 @@ def _drive(
             calls_at_heal = _simulator_calls(endpoints, scenario.calls_to)
         finally:
             scenario.fault.heal(endpoints)
+            traffic.set_rate(ctx.config["rps"])
             ctx.t_heal = traffic.now()
         log(f"[{scenario.name}] t={ctx.t_heal:.1f}s healed; waiting for recovery")
         if calls_before is not None and calls_at_heal is not None:
             ctx.calls_during_fault = calls_at_heal - calls_before
         _wait_recovered(ctx, recover_timeout)
-        _sleep_until(traffic, traffic.now() + 1.5)  # a short healthy tail, seen in the report
+        _sleep_until(traffic, traffic.now() + scenario.tail_s)  # a healthy tail
     finally:
         traffic.stop()
         ctx.observer.stop()
@@ -778,6 +869,13 @@ def compare_with_baseline(ctx: RunContext, baseline: RunContext) -> dict[str, An
             "the baseline has no breaker: counted from the same offset after injection"
         ),
     }
+
+
+def beside_baseline_check(ctx: RunContext, baseline: RunContext) -> Check:
+    """The scenario's own comparison when it has one, else :func:`beats_baseline_check`."""
+    if ctx.scenario.beats_baseline is not None:
+        return ctx.scenario.beats_baseline(ctx, baseline)
+    return beats_baseline_check(ctx, compare_with_baseline(ctx, baseline))
 
 
 def beats_baseline_check(ctx: RunContext, comparison: dict[str, Any]) -> Check:

@@ -23,9 +23,6 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from chaos.commands import GUNICORN_COMMAND, celery_worker_command, redis_server_command
-from chaos.payments import PaymentsService
-from chaos.proxy import ProxyServer
-from chaos.receiver import ReceiverService
 from chaos.scenarios.client import ChaosError, request
 from chaos.scenarios.faults import Endpoints
 from chaos.scenarios.load import settings_of_env
@@ -197,23 +194,30 @@ class LocalStack:
         redis.start()
         self._exit.callback(redis.stop)
 
-        payments = PaymentsService()
-        payments.start()
-        self._exit.callback(payments.stop)
-        receiver = ReceiverService()
-        receiver.start()
-        self._exit.callback(receiver.stop)
-
-        proxy_server = ProxyServer(port=0)
-        proxy_port = proxy_server.start_in_thread()
-        self._exit.callback(proxy_server.stop)
+        # The simulators and the fault proxy run in processes of their own: in the
+        # command's process they would share one GIL with the traffic's client threads,
+        # and every Postgres and Redis round trip would wait for the client under load.
+        payments_url, payments_control = self._simulator("payments", "chaos.payments")
+        receiver_url, receiver_control = self._simulator("receiver", "chaos.receiver")
+        proxy_port = free_port()
+        self._start(
+            Process(
+                "proxy",
+                [sys.executable, "-m", "chaos.proxy", "--port", str(proxy_port),
+                 "--log-level", "WARNING"],
+                dict(self.base_env),
+                self.workdir / "proxy.log",
+            )
+        )  # fmt: skip
         proxy = ToxiproxyClient(f"http://127.0.0.1:{proxy_port}")
+        _wait(lambda: self._answers(f"http://127.0.0.1:{proxy_port}/version"), START_TIMEOUT_S,
+              "chaos proxy")  # fmt: skip
         db = urlsplit(self.database_url)
         listen = {}
         for name, upstream in (
             ("postgres", f"{db.hostname}:{db.port or 5432}"),
             ("redis", f"127.0.0.1:{redis.port}"),
-            ("payments", f"127.0.0.1:{payments.api_port}"),
+            ("payments", urlsplit(payments_url).netloc),
         ):
             created = proxy.create_proxy(name, "127.0.0.1:0", upstream)
             listen[name] = created["listen"]
@@ -270,9 +274,9 @@ class LocalStack:
         self.endpoints = Endpoints(
             base_url=base_url,
             proxy_url=f"http://127.0.0.1:{proxy_port}",
-            payments_control_url=payments.control_url,
-            receiver_control_url=receiver.control_url,
-            receiver_url=receiver.api_url,
+            payments_control_url=payments_control,
+            receiver_control_url=receiver_control,
+            receiver_url=receiver_url,
             redis=redis,
             has_worker=self.worker,
             label=f"harness stack ({stack_settings.web_workers} gunicorn workers x "
@@ -283,16 +287,31 @@ class LocalStack:
         )
         return self.endpoints
 
+    def _simulator(self, name: str, module: str) -> tuple[str, str]:
+        """Start ``python -m module`` on free ports; its API and control URLs."""
+        api_port, control_port = free_port(), free_port()
+        command = [
+            sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(api_port),
+            "--control-port", str(control_port), "--log-level", "WARNING",
+        ]  # fmt: skip
+        self._start(Process(name, command, dict(self.base_env), self.workdir / f"{name}.log"))
+        control = f"http://127.0.0.1:{control_port}"
+        _wait(lambda: self._answers(f"{control}/healthz"), START_TIMEOUT_S, f"{name} simulator")
+        return f"http://127.0.0.1:{api_port}", control
+
+    def _answers(self, url: str) -> bool:
+        for process in self.processes:
+            if not process.alive():
+                raise ChaosError(f"{process.name} exited: {process.log_text()[-2000:]}")
+        return request("GET", url, timeout=2).status == 200
+
     def _start(self, process: Process) -> None:
         process.start()
         self.processes.append(process)
         self._exit.callback(process.stop)
 
     def _up(self, base_url: str) -> bool:
-        for process in self.processes:
-            if not process.alive():
-                raise ChaosError(f"{process.name} exited: {process.log_text()[-2000:]}")
-        return request("GET", f"{base_url}/healthz", timeout=2).status == 200
+        return self._answers(f"{base_url}/healthz")
 
     def stop(self) -> None:
         """Stop everything, in reverse order of start."""

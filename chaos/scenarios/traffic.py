@@ -25,7 +25,23 @@ from chaos.scenarios.client import Answer, ChaosError, request
 NOT_SENT = -1  # status of a tick the client could not send (too many requests in flight)
 ORDER = {"currency": "EUR", "items": [{"sku": "chaos-widget", "quantity": 1, "unit_price": 1999}]}
 # Endpoint classes of the report: what a user does, not which URL.
-ENDPOINT_CLASSES = {"get": "reads", "list": "reads", "create": "orders", "storm": "orders"}
+ENDPOINT_CLASSES = {
+    "get": "reads",
+    "list": "reads",
+    "create": "orders",
+    "storm": "orders",
+    "report": "reports",
+}
+# The priority class each operation's view declares (resilience.concurrency.priority):
+# what the load shedder protects first. Kept beside the views' declarations by a test.
+PRIORITY_OF_OP = {
+    "create": "critical",
+    "storm": "critical",
+    "get": "critical",
+    "list": "normal",
+    "report": "best_effort",
+}
+OPERATIONS = ("create", "get", "list", "report")
 # The endpoint classes whose requests call a dependency; absent: every class does (the
 # database and Redis serve every request, payments only order creation).
 CLASSES_CALLING = {"payments": frozenset({"orders"})}
@@ -96,7 +112,7 @@ class Sample:
 
     t: float
     latency_s: float
-    op: str  # create | get | list | storm
+    op: str  # create | get | list | report | storm
     status: int
     user: int
     retry_after: str | None = None
@@ -133,6 +149,7 @@ class Traffic:
         max_requests: int,
         max_in_flight: int = 32,
         create_share: float = 0.5,
+        mix: dict[str, float] | None = None,
         client_retries: int = 3,
         retry_after_cap_s: float = 2.0,
         seed: int | None = None,
@@ -147,6 +164,12 @@ class Traffic:
         self.max_requests = max_requests
         self.max_in_flight = max_in_flight
         self.create_share = create_share
+        # Share of each operation; by default orders at create_share and reads of one's
+        # own orders (a list while one has none) for the rest.
+        self.mix = dict(mix or {"create": create_share, "get": 1 - create_share})
+        unknown = set(self.mix) - set(OPERATIONS)
+        if unknown or abs(sum(self.mix.values()) - 1) > 1e-6:
+            raise ChaosError(f"traffic mix {self.mix} must share 1 among {OPERATIONS}")
         self.client_retries = client_retries
         self.retry_after_cap_s = retry_after_cap_s
         self.samples: list[Sample] = []
@@ -161,6 +184,12 @@ class Traffic:
             max_workers=max_in_flight, thread_name_prefix="chaos-traffic"
         )
         self._thread = threading.Thread(target=self._pace, name="chaos-pacer", daemon=True)
+        self._operations: dict[str, Callable[[int], None]] = {
+            "create": self._create,
+            "get": self._get,
+            "list": self._list,
+            "report": self._report,
+        }
 
     # -- control -----------------------------------------------------------------------
 
@@ -187,31 +216,57 @@ class Traffic:
 
     # -- sending -----------------------------------------------------------------------
 
+    def set_rate(self, rps: float) -> None:
+        """From now on, send ``rps`` requests per second (a load spike, and its end)."""
+        if rps <= 0:
+            raise ChaosError("traffic needs rps > 0")
+        with self._lock:
+            self.rps = rps
+
+    @property
+    def operations(self) -> dict[str, Callable[[int], None]]:
+        """Send one request of each kind as a user (recorded like the paced ones)."""
+        return dict(self._operations)
+
+    def known_orders(self) -> list[list[str]]:
+        """Per user, the orders its reads fetch."""
+        with self._lock:
+            return [list(self._orders_by_user[i]) for i in range(len(self.users))]
+
+    def pick(self) -> str:
+        """The next operation of the mix."""
+        roll, acc = self._rng.random(), 0.0
+        for op, share in self.mix.items():
+            acc += share
+            if roll < acc:
+                return op
+        return next(reversed(self.mix))
+
     def _pace(self) -> None:
-        interval = 1.0 / self.rps
+        due = 0.0
         tick = 0
         while not self._stop.is_set():
-            due = tick * interval
             delay = due - (time.monotonic() - self.t0)
             # The pacing sleep is the one fixed wait here: it *is* the request rate.
             if delay > 0 and self._stop.wait(delay):
                 return
             if self.now() > self.max_seconds or not self._reserve():
                 return
+            with self._lock:
+                due += 1.0 / self.rps
             user = tick % len(self.users)
             tick += 1
-            creates = self._rng.random() < self.create_share
+            op_name = self.pick()
             with self._lock:
                 crowded = self._in_flight >= self.max_in_flight
                 if not crowded:
                     self._in_flight += 1
             if crowded:
-                op_name = "create" if creates else "get"
                 self._record(
                     Sample(self.now(), 0.0, op_name, NOT_SENT, user, error="in_flight_cap")
                 )
                 continue
-            self._pool.submit(self._run, self._create if creates else self._get, user)
+            self._pool.submit(self._run, self._operations[op_name], user)
 
     def _reserve(self, n: int = 1) -> bool:
         with self._lock:
@@ -237,6 +292,9 @@ class Traffic:
         """Send one request as ``user`` and record it."""
         who = self.users[user]
         headers = {**who.auth, **kwargs.pop("headers", {})}
+        # As the gateway (deploy/nginx) stamps each request: the stack's queue-time budget
+        # then counts every wait before Django, the accept backlog included.
+        headers.setdefault("X-Request-Start", f"t={time.time():.3f}")
         started = self.now()
         answer = request(
             method, f"{self.base_url}{path}", headers=headers, source_ip=who.source_ip, **kwargs
@@ -302,9 +360,20 @@ class Traffic:
             known = self._orders_by_user[user]
             order_id = self._rng.choice(known) if known else None
         if order_id is None:
-            self.send("list", user, "GET", "/api/v1/orders?page_size=5")
+            self._list(user)
         else:
             self.send("get", user, "GET", f"/api/v1/orders/{order_id}")
+
+    def _list(self, user: int) -> None:
+        self.send("list", user, "GET", "/api/v1/orders?page_size=5")
+
+    def _report(self, user: int) -> None:
+        self.send("report", user, "GET", "/api/v1/orders/report")
+
+    def know_orders(self, user: int, order_ids: Iterable[str]) -> None:
+        """Orders ``user`` already has (made before the run): its reads fetch them."""
+        with self._lock:
+            self._orders_by_user[user].extend(order_ids)
 
     # -- bursts ------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from chaos.scenarios.load import (
     settings_of_env,
     slow_call_threshold,
 )
-from chaos.scenarios.runner import beats_baseline_check, compare_with_baseline
+from chaos.scenarios.runner import beats_baseline_check, compare_with_baseline, measured_capacity
 from chaos.scenarios.stack import COMPRESSED_ENV, LocalStack
 from tests.processes import child_environment
 
@@ -128,12 +128,39 @@ TESTED_SCENARIOS = [
     "retry-storm",
     "bulkhead-saturation",
     "webhook-target-down",
+    "overload",  # its own test below: a spike has no steady-load form
 ]
 
 
-@pytest.mark.parametrize("name", TESTED_SCENARIOS)
+@pytest.mark.parametrize("name", [n for n in TESTED_SCENARIOS if n != "overload"])
 def test_scenario(name, stack, capsys, django_db_blocker):
     _run(name, stack, capsys, django_db_blocker)
+
+
+def test_a_spike_is_shed_lowest_class_first_and_nothing_is_lost(stack, capsys, django_db_blocker):
+    """overload, compressed: 3x the capacity it measures on the stack as shipped. The
+    goodput and p99 figures are the report's (make chaos-report), printed here."""
+    ctx = _experiment("overload", stack, django_db_blocker)
+    by_name = {c.name: c for c in ctx.checks}
+    spike = ctx.summary["priorities"]["spike"]
+    with capsys.disabled():
+        print(f"\noverload: {ctx.config['load']['description']}")
+        for level, f in spike.items():
+            p99 = "n/a" if f["p99_s"] is None else f"{f['p99_s'] * 1000:.0f} ms"
+            print(
+                f"  {level:<11} goodput {f['goodput_rps']:.1f}/s p99 {p99} "
+                f"shed {f['shed']} ({f['shed_share']:.0%})"
+            )
+        for check in ctx.checks:
+            print(f"  {check.passed!s:>5} {check.name}: {check.detail}")
+    assert ctx.config["load"]["mode"] == "capacity"
+    load = ctx.config["load"]
+    assert load["spike_rps"] == pytest.approx(3 * load["capacity_rps"], rel=0.01)
+    failed = [by_name[n] for n in INVARIANTS if not by_name[n].passed]
+    assert not failed, f"overload: {failed}"
+    # The shedder worked, and in its order: best effort is shed, and more than critical.
+    assert spike["best_effort"]["shed"] > 0
+    assert spike["best_effort"]["shed_share"] > spike["critical"]["shed_share"]
 
 
 def test_every_scenario_is_tested():
@@ -155,8 +182,11 @@ def both_stacks(stack, baseline_stack):
 def test_collapse_load_beside_the_baseline(name, both_stacks, capsys, django_db_blocker, tmp_path):
     stack, baseline_stack = both_stacks
     ctx = _experiment(name, stack, django_db_blocker, load="collapse")
-    # The baseline's own settings give it the same load (only RESILIENCE_ENABLED differs).
-    baseline = _experiment(name, baseline_stack, django_db_blocker, load="collapse")
+    # The same load: its settings and the capacity measured on the resilient stack.
+    same = measured_capacity(ctx)
+    baseline = _experiment(
+        name, baseline_stack, django_db_blocker, load="collapse", capacity_rps=same
+    )
     comparison = compare_with_baseline(ctx, baseline)
     beats = beats_baseline_check(ctx, comparison)
     written = report.write(tmp_path, ctx, baseline)

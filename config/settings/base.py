@@ -591,12 +591,10 @@ RESILIENCE = {
 # lives between CONCURRENCY_MIN_LIMIT and the threads; the static mode (for comparison)
 # fixes it. Each priority class has a guaranteed share of the limit and a queue budget:
 # a request that waited longer than that before a thread took it is shed at once.
-# Off by default until it is tuned (adr/0010): at the CPU capacity of a 2-core node,
-# payments-503 at collapse load, the adaptive limit shed 62% of reads and, with the
-# clients' retries of the shed requests, kept shedding for 61 s after the heal, while
-# the same stack without it served 98%. Turn it on with CONCURRENCY_LIMIT_ENABLED=true.
+# On by default; CONCURRENCY_LIMIT_ENABLED=false turns it off (requests then queue in
+# gunicorn). Evidence: docs/chaos/overload/ and `python -m bench overload`.
 RESILIENCE_CONCURRENCY = {
-    "enabled": env("CONCURRENCY_LIMIT_ENABLED", default=False, cast=bool),
+    "enabled": env("CONCURRENCY_LIMIT_ENABLED", default=True, cast=bool),
     "mode": env("CONCURRENCY_LIMIT_MODE", default="adaptive"),
     "initial_limit": WEB_THREADS,
     "min_limit": env("CONCURRENCY_MIN_LIMIT", default=4, cast=int),
@@ -613,19 +611,39 @@ RESILIENCE_CONCURRENCY = {
         "long_window_samples": 600,
         "queue_size": 4.0,
     },
+    # Queue budgets (Facebook's "Fail at Scale", CoDel): a request that waited longer than
+    # its class's budget before reaching Django is shed at once. While the queue drains now
+    # and then, a burst may wait the long budget; once it stands (no request found it
+    # nearly empty for standing_queue.after_s), only the short one, so what is served
+    # under a standing overload is served soon after it arrived.
     "priorities": {
         "critical": {
             "share": 0.5,
             "queue_budget_s": env("CONCURRENCY_CRITICAL_QUEUE_S", default=1.0, cast=float),
+            "standing_queue_budget_s": env(
+                "CONCURRENCY_CRITICAL_STANDING_QUEUE_S", default=0.2, cast=float
+            ),
         },
         "normal": {
             "share": 0.3,
             "queue_budget_s": env("CONCURRENCY_NORMAL_QUEUE_S", default=0.5, cast=float),
+            "standing_queue_budget_s": env(
+                "CONCURRENCY_NORMAL_STANDING_QUEUE_S", default=0.1, cast=float
+            ),
         },
         "best_effort": {
             "share": 0.2,
             "queue_budget_s": env("CONCURRENCY_BEST_EFFORT_QUEUE_S", default=0.25, cast=float),
+            "standing_queue_budget_s": env(
+                "CONCURRENCY_BEST_EFFORT_STANDING_QUEUE_S", default=0.05, cast=float
+            ),
         },
+    },
+    "standing_queue": {
+        # A wait under this means the request found the queue (nearly) empty.
+        "empty_below_s": env("CONCURRENCY_QUEUE_EMPTY_S", default=0.01, cast=float),
+        # Facebook's N (100 ms there); longer here, where one request takes tens of ms.
+        "after_s": env("CONCURRENCY_STANDING_QUEUE_AFTER_S", default=0.5, cast=float),
     },
     "default_priority": "normal",
     # Probes and scrapes must answer under overload; static files cost nothing.

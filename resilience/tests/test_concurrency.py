@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("no_rate_limits", "load_shedding")
 
 @pytest.fixture
 def load_shedding(settings):
-    """Shipped off until tuned (adr/0010); these tests are about the limiter itself."""
+    """On, whatever the test settings say: these tests are about the limiter itself."""
     settings.RESILIENCE_CONCURRENCY = {**settings.RESILIENCE_CONCURRENCY, "enabled": True}
 
 
@@ -155,6 +155,24 @@ def test_queue_start_header_in_seconds_or_milliseconds():
 
 
 @pytest.mark.django_db
+def test_a_burst_may_wait_the_long_budget_but_a_standing_queue_only_the_short_one(cfg):
+    clock = Clock()
+    watch = concurrency.QueueWatch(cfg, clock=clock)
+    long, short = cfg.queue_budgets_s["critical"], cfg.standing_queue_budgets_s["critical"]
+    assert short < long
+    # A burst: requests wait, but one found the queue empty a moment ago.
+    assert watch.budget("critical", 0.0) == long
+    clock.now += cfg.standing_after_s / 2
+    assert watch.budget("critical", 0.6) == long
+    # No request has found the queue empty for longer than standing_after_s: it stands.
+    clock.now += cfg.standing_after_s
+    assert watch.budget("critical", 0.6) == short
+    assert watch.standing
+    # Shed requests keep looking: once one finds the queue empty, bursts are allowed again.
+    assert watch.budget("critical", cfg.queue_empty_s / 2) == long
+    assert not watch.standing
+
+
 def test_a_request_that_waited_past_its_budget_is_shed_before_any_work(auth_client):
     stale = f"t={time.time() - 5:.3f}"  # waited 5 s in some queue: past every budget
     response = auth_client.get("/api/v1/orders/report", HTTP_X_REQUEST_START=stale)

@@ -256,17 +256,16 @@ class Command(BaseCommand):
         self, chosen, out: Path, kwargs: dict[str, Any], *, baseline: bool, command: str
     ) -> bool:
         """One scenario on a harness stack, and its baseline on another; write the report."""
-        from chaos.scenarios.runner import beats_baseline_check, compare_with_baseline
+        from chaos.scenarios.runner import beside_baseline_check, measured_capacity
 
         ctx = self._run_local(chosen, resilience=True, **kwargs)
         other = None
         if baseline:
             # The same load as the resilient run (collapse: computed from its settings).
-            other = self._run_local(
-                chosen, resilience=False, **{**kwargs, "rps": ctx.config["rps"]}
-            )
+            same_load = {"rps": ctx.config["rps"], "capacity_rps": measured_capacity(ctx)}
+            other = self._run_local(chosen, resilience=False, **{**kwargs, **same_load})
             if chosen.beats_baseline_by and ctx.collapse and ctx.summary and other.summary:
-                ctx.checks.append(beats_baseline_check(ctx, compare_with_baseline(ctx, other)))
+                ctx.checks.append(beside_baseline_check(ctx, other))
         self._write(out, ctx, other, command)
         return ctx.passed
 
