@@ -605,7 +605,7 @@ RESILIENCE_CONCURRENCY = {
     # RTT is an exponential average over long_window_samples windows (Netflix: 600).
     "gradient": {
         "tolerance": env("CONCURRENCY_RTT_TOLERANCE", default=1.5, cast=float),
-        "smoothing": env("CONCURRENCY_SMOOTHING", default=0.2, cast=float),
+        "smoothing": env("CONCURRENCY_SMOOTHING", default=0.5, cast=float),
         "window_s": env("CONCURRENCY_WINDOW_S", default=0.25, cast=float),
         "min_window_samples": 8,
         "long_window_samples": 600,
