@@ -53,7 +53,9 @@ class Scenario:
     settle_deferred: bool = False  # pending_payment orders must be paid in the end
     storm: dict[str, int] | None = None  # retry-storm burst fired during the fault
     extra_checks: tuple[Callable[[RunContext], Check], ...] = ()
-    needs: frozenset[str] = frozenset()  # "owned_redis", "webhooks"
+    # "owned_redis", "webhooks"; "direct": no fault proxy between the harness stack and
+    # its dependencies, for a scenario that injects no network fault.
+    needs: frozenset[str] = frozenset()
     prepare: Callable[[RunContext], None] | None = None  # setup after users exist
     # Run once right after the fault is injected (own clients of the scenario's own).
     during_fault: Callable[[RunContext], None] | None = None

@@ -291,6 +291,7 @@ SCENARIOS: dict[str, Scenario] = {
             prepare=overload.prepare,
             extra_checks=overload.CHECKS,
             extra={"users": overload.USERS},
+            needs=frozenset({"direct"}),
             default_duration_s=20.0,
             ci_duration_s=6.0,
         ),

@@ -166,6 +166,7 @@ class LocalStack:
         worker: bool = True,
         web_workers: int | None = None,
         env: dict[str, str] | None = None,
+        proxied: bool = True,
     ) -> None:
         self.database_url = database_url
         self.workdir = workdir
@@ -174,6 +175,10 @@ class LocalStack:
         self.worker = worker
         self.web_workers = web_workers
         self.extra_env = env or {}
+        # False: the stack talks to Postgres, Redis and payments directly, as in
+        # production; for a scenario that injects no network fault (overload), whose
+        # every round trip through the proxy would otherwise add the rig's own latency.
+        self.proxied = proxied
         self.processes: list[Process] = []
         self.endpoints: Endpoints | None = None
         self._exit = ExitStack()
@@ -220,7 +225,7 @@ class LocalStack:
             ("payments", urlsplit(payments_url).netloc),
         ):
             created = proxy.create_proxy(name, "127.0.0.1:0", upstream)
-            listen[name] = created["listen"]
+            listen[name] = created["listen"] if self.proxied else upstream
         credentials = db.netloc.rpartition("@")[0]
         web_port = free_port()
         metrics_dir = self.workdir / "prometheus"
@@ -281,7 +286,8 @@ class LocalStack:
             has_worker=self.worker,
             label=f"harness stack ({stack_settings.web_workers} gunicorn workers x "
             f"{stack_settings.web_threads} threads"
-            f"{', a Celery worker' if self.worker else ''}; compressed timings)",
+            f"{', a Celery worker' if self.worker else ''}; compressed timings"
+            f"{'' if self.proxied else '; no fault proxy in the way'})",
             env=env,
             settings=stack_settings,
         )

@@ -601,15 +601,20 @@ RESILIENCE_CONCURRENCY = {
     "max_limit": WEB_THREADS,
     "static_limit": env("CONCURRENCY_STATIC_LIMIT", default=WEB_THREADS, cast=int),
     # Gradient2 (Netflix concurrency-limits): limit x clamp(tolerance x long/short RTT,
-    # 0.5, 1) + queue_size, smoothed, once per window of completed requests; the long
-    # RTT is an exponential average over long_window_samples windows (Netflix: 600).
+    # 0.5, 1) + min(queue_size, sqrt(limit)), smoothed, once per window of completed
+    # requests; the long RTT is an exponential average over long_window_samples windows
+    # (Netflix: 600). Sized for processes that run one Python thread at a time: under a
+    # standing overload the limit settles at 2 x queue_size = 4 (the fixed point of
+    # limit x 0.5 + 2; with Netflix's 4 it could not go below 8); windows of 4 samples and
+    # smoothing 0.5 get it there within seconds, and back as fast (Netflix's 0.2 and 4
+    # are for limits in the hundreds).
     "gradient": {
         "tolerance": env("CONCURRENCY_RTT_TOLERANCE", default=1.5, cast=float),
         "smoothing": env("CONCURRENCY_SMOOTHING", default=0.5, cast=float),
         "window_s": env("CONCURRENCY_WINDOW_S", default=0.25, cast=float),
-        "min_window_samples": 8,
+        "min_window_samples": 4,
         "long_window_samples": 600,
-        "queue_size": 4.0,
+        "queue_size": 2.0,
     },
     # Queue budgets (Facebook's "Fail at Scale", CoDel): a request that waited longer than
     # its class's budget before reaching Django is shed at once. While the queue drains now

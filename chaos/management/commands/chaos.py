@@ -300,6 +300,7 @@ class Command(BaseCommand):
                 workdir=Path(workdir),
                 base_env=base_env,
                 resilience_enabled=resilience,
+                proxied="direct" not in chosen.needs,
             ) as endpoints,
         ):
             return run_scenario(chosen, endpoints, **kwargs)
