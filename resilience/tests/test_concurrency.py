@@ -173,6 +173,14 @@ def test_a_burst_may_wait_the_long_budget_but_a_standing_queue_only_the_short_on
     assert not watch.standing
 
 
+def test_a_shed_answer_is_counted_not_logged_as_an_error(auth_client, caplog):
+    stale = f"t={time.time() - 5:.3f}"
+    with caplog.at_level("WARNING", logger="django.request"):
+        response = auth_client.get("/api/v1/orders/report", HTTP_X_REQUEST_START=stale)
+    assert response.status_code == 503
+    assert not [r for r in caplog.records if r.name == "django.request"]
+
+
 def test_a_request_that_waited_past_its_budget_is_shed_before_any_work(auth_client):
     stale = f"t={time.time() - 5:.3f}"  # waited 5 s in some queue: past every budget
     response = auth_client.get("/api/v1/orders/report", HTTP_X_REQUEST_START=stale)
