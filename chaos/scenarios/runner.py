@@ -41,6 +41,8 @@ from chaos.scenarios.traffic import (
 
 STEADY_TIMEOUT_S = 60.0
 VERIFY_TIMEOUT_S = 60.0  # to find every confirmed order once the fault is healed
+# After a capacity measurement, at most this long for the stack to be quiet again.
+SETTLE_TIMEOUT_S = 30.0
 MAX_IN_FLIGHT = 400  # client threads at most (collapse load against a stalled baseline)
 Log = Callable[[str], None]
 
@@ -169,6 +171,27 @@ def wait_steady(endpoints: Endpoints, user: User, timeout: float, log: Log) -> C
         time.sleep(0.5)
     log(f"steady state not reached: {problem}")
     return Check("steady state before the fault", False, problem)
+
+
+def read_latency(base_url: str, user: User, reads: int = 5) -> float:
+    """Median seconds of ``reads`` order lists in a row: how busy the stack is now."""
+    latencies = []
+    for _ in range(reads):
+        started = time.monotonic()
+        request("GET", f"{base_url}/api/v1/orders?page_size=5", headers=user.auth)
+        latencies.append(time.monotonic() - started)
+    return statistics.median(latencies)
+
+
+def wait_quiet(base_url: str, user: User, quiet_s: float, timeout: float) -> float:
+    """Until reads are as fast as ``quiet_s`` again (twice it, or 50 ms more), or
+    ``timeout``: the work a capacity measurement left behind (the worker's outbox and
+    deliveries, the database) must not be the run's steady state. Seconds it took."""
+    started = time.monotonic()
+    bar = max(2 * quiet_s, quiet_s + 0.05)
+    while time.monotonic() - started < timeout and read_latency(base_url, user) > bar:
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -314,6 +337,7 @@ def _plan_on_measured_capacity(
     """
     stack, traffic = ctx.endpoints.settings, ctx.traffic
     clients = CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads
+    quiet = read_latency(ctx.endpoints.base_url, ctx.users[0])
     if given is None:
         how = f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
         # Its own Traffic (never started): the run's client and mix, not the run's samples.
@@ -336,6 +360,8 @@ def _plan_on_measured_capacity(
             users=len(ctx.users),
             clients=clients,
         )
+        settled = wait_quiet(ctx.endpoints.base_url, ctx.users[0], quiet, SETTLE_TIMEOUT_S)
+        how += f"; reads back to their quiet latency {settled:.1f} s after"
     else:
         capacity, how = given, "measured on the resilient run's stack"
     if mode == "capacity":
