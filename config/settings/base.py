@@ -603,7 +603,11 @@ RESILIENCE_CONCURRENCY = {
     # Gradient2 (Netflix concurrency-limits): limit x clamp(tolerance x long/short RTT,
     # 0.5, 1) + min(queue_size, sqrt(limit)), smoothed, once per window of completed
     # requests; the long RTT is an exponential average over long_window_samples windows
-    # (Netflix: 600). Sized for processes that run one Python thread at a time: under a
+    # (Netflix: 600; here 60, about 15 s of windows: a latency that rises for a reason
+    # fewer requests cannot mend, as the worker's catch-up after an outage taking CPU, is
+    # the new normal within seconds instead of minutes, and the limit comes back instead
+    # of shedding reads and their retries for ever; standing queues are the queue
+    # budgets' business). Sized for processes that run one Python thread at a time: under a
     # standing overload the limit settles at 2 x queue_size = 4 (the fixed point of
     # limit x 0.5 + 2; with Netflix's 4 it could not go below 8); windows of 4 samples and
     # smoothing 0.5 get it there within seconds, and back as fast (Netflix's 0.2 and 4
@@ -613,7 +617,7 @@ RESILIENCE_CONCURRENCY = {
         "smoothing": env("CONCURRENCY_SMOOTHING", default=0.5, cast=float),
         "window_s": env("CONCURRENCY_WINDOW_S", default=0.25, cast=float),
         "min_window_samples": 4,
-        "long_window_samples": 600,
+        "long_window_samples": env("CONCURRENCY_LONG_WINDOW", default=60, cast=int),
         "queue_size": 2.0,
     },
     # Queue budgets (Facebook's "Fail at Scale", CoDel): a request that waited longer than
