@@ -62,8 +62,11 @@ def test_after_an_overload_the_limit_recovers_within_a_bounded_number_of_windows
     clock = Clock()
     limit = Gradient2Limit(cfg, clock=clock)
     run_windows(limit, clock, 0.010, 20)
-    run_windows(limit, clock, 0.200, 40)  # a long overload drags the long average up
-    low = limit.limit
+    # A long overload: the limit falls, then the long average (60 windows) takes the
+    # new latency for normal and the limit comes partly back (standing queues are the
+    # queue budgets' business).
+    overloaded = run_windows(limit, clock, 0.200, 40)
+    low = min(overloaded)
     recovered = run_windows(limit, clock, 0.010, 60)
     back = next(i for i, value in enumerate(recovered) if value >= cfg.max_limit * 0.9)
     assert low < cfg.max_limit / 2
