@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chaos.scenarios.base import Check
+from chaos.scenarios.runner import percentile
 from chaos.scenarios.traffic import NOT_SENT, PRIORITY_OF_OP, Sample
 
 if TYPE_CHECKING:
@@ -84,23 +85,17 @@ def priority_figures(samples: list[Sample], since: float, until: float) -> dict[
         ]
         good = [s for s in group if s.status in (200, 201) and s.latency_s <= GOODPUT_DEADLINE_S]
         shed = [s for s in group if s.status == 503 and s.code == "overloaded"]
-        latencies = sorted(s.latency_s for s in good)
+        latencies = [s.latency_s for s in good]
         figures[level] = {
             "requests": len(group),
             "goodput_rps": len(good) / window,
-            "p50_s": _nearest(latencies, 0.5),
-            "p99_s": _nearest(latencies, 0.99),
+            "p50_s": percentile(latencies, 0.5),
+            "p99_s": percentile(latencies, 0.99),
             "shed": len(shed),
             "shed_share": len(shed) / len(group) if group else 0.0,
             "late": sum(1 for s in group if s.status in (200, 201)) - len(good),
         }
     return figures
-
-
-def _nearest(ordered: list[float], fraction: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 def _phases(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
