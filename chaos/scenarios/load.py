@@ -47,8 +47,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # this 2-core machine can send and serve (the client shares it with the stack).
 COLLAPSE_FACTOR = 1.5
 COLLAPSE_CEILING_RPS = 60.0
-# Names the breaker policy may give its slow-call duration threshold (resilience4j's
-# slowCallDurationThreshold), first match wins.
 # Capacity measurement: closed-loop clients per web thread (one: every thread busy, no
 # queue for the shedder to cut, so it measures serving, not shedding), and how long.
 CAPACITY_CLIENTS_PER_THREAD = 1
@@ -59,6 +57,8 @@ SPIKE_STEADY_FRACTION = 1.0
 # A collapse load stays under this fraction of the stack's measured healthy capacity, so
 # the stack is not saturated before the fault (the 60 rps ceiling is a machine's).
 COLLAPSE_HEALTHY_FRACTION = 0.8
+# Names the breaker policy may give its slow-call duration threshold (resilience4j's
+# slowCallDurationThreshold), first match wins.
 SLOW_CALL_KEYS = ("slow_call_duration_s", "slow_call_duration_threshold_s", "slow_call_s")
 
 _SNIPPET = """

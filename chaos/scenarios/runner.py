@@ -337,8 +337,8 @@ def _plan_on_measured_capacity(
     """
     stack, traffic = ctx.endpoints.settings, ctx.traffic
     clients = CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads
-    quiet = read_latency(ctx.endpoints.base_url, ctx.users[0])
     if given is None:
+        quiet = read_latency(ctx.endpoints.base_url, ctx.users[0])
         how = f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
         # Its own Traffic (never started): the run's client and mix, not the run's samples.
         probe = Traffic(

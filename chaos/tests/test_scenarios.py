@@ -163,6 +163,27 @@ def test_a_spike_is_shed_lowest_class_first_and_nothing_is_lost(stack, capsys, d
     assert spike["best_effort"]["shed_share"] > spike["critical"]["shed_share"]
 
 
+def test_the_traffic_knows_the_priority_each_view_declares():
+    """PRIORITY_OF_OP (the overload checks) must say what the views' @priority says."""
+    import uuid
+
+    from django.urls import resolve
+
+    from chaos.scenarios.traffic import PRIORITY_OF_OP
+    from resilience.concurrency import priority_of
+
+    requests = {
+        "create": ("POST", "/api/v1/orders"),
+        "storm": ("POST", "/api/v1/orders"),
+        "get": ("GET", f"/api/v1/orders/{uuid.uuid4()}"),
+        "list": ("GET", "/api/v1/orders"),
+        "report": ("GET", "/api/v1/orders/report"),
+    }
+    assert set(requests) == set(PRIORITY_OF_OP)
+    for op, (method, path) in requests.items():
+        assert priority_of(resolve(path).func, method) == PRIORITY_OF_OP[op], op
+
+
 def test_every_scenario_is_tested():
     assert set(SCENARIOS) == set(TESTED_SCENARIOS)
 
