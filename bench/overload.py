@@ -1,8 +1,9 @@
 """Overload: goodput and latency per priority class at 1x, 2x and 3x capacity (adr/0010).
 
 One gunicorn (the shipped ``WEB_WORKERS`` x ``WEB_THREADS``, payments simulator in its own
-process) per configuration: load shedding as shipped (adaptive limit), a static limit
-(= threads) and no shedding at all. The load is open loop (requests leave on schedule
+process) per configuration: load shedding as shipped (adaptive limit: Envoy's gradient
+against a measured minRTT), the same with Netflix's Gradient2, a static limit (= threads)
+and no shedding at all. The load is open loop (requests leave on schedule
 whatever the server does; latency counts from the scheduled time, so a queue is never
 hidden), bounded in count and time, from ``USERS`` accounts each behind its own
 forwarded address (the bench plays the gateway: ``X-Forwarded-For`` from a trusted proxy,
@@ -267,6 +268,9 @@ def server(mode: str, payments_url: str, workdir: Path, *, name: str | None = No
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         CONCURRENCY_LIMIT_ENABLED="false" if mode == "off" else "true",
         CONCURRENCY_LIMIT_MODE="static" if mode == "static" else "adaptive",
+        # "adaptive" is the shipped algorithm (Envoy's minRTT gradient); Netflix's Gradient2
+        # runs beside it for comparison (adr/0010).
+        CONCURRENCY_LIMIT_ALGORITHM="gradient2" if mode == "gradient2" else "gradient",
     )
     return port, running(GUNICORN_COMMAND, env=env, log_path=workdir / f"web-{name}.log")
 
@@ -409,13 +413,14 @@ def report(mode_phases: dict[str, list[Phase]], rate: float) -> list[str]:
             cells.append(f"{shed:>12}")
             cells.append(f"{phase.undocumented} (+{phase.not_sent} not sent)")
             lines.append(" | ".join(cells))
-    adaptive = mode_phases.get("adaptive")
-    if adaptive:
-        one, three = adaptive[0], adaptive[2]
+    for mode in ("adaptive", "gradient2", "static"):
+        if mode not in mode_phases:
+            continue
+        one, three = mode_phases[mode][0], mode_phases[mode][2]
         ratio = three.goodput("critical") / max(one.goodput("critical"), 1e-9)
         p99_ratio = three.p("critical", 0.99) / max(one.p("critical", 0.99), 1e-9)
         lines.append(
-            f"adaptive: critical goodput at 3x = {ratio:.0%} of 1x (target >= 90%);"
+            f"{mode}: critical goodput at 3x = {ratio:.0%} of 1x (target >= 90%);"
             f" critical p99 at 3x = {p99_ratio:.1f}x its 1x p99 (target <= 3x)"
         )
     off = mode_phases.get("off")
@@ -473,7 +478,7 @@ def main() -> None:
                 flush=True,
             )
             mode_phases, recovery = {}, {}
-            for mode in ("adaptive", "static", "off"):
+            for mode in ("adaptive", "gradient2", "static", "off"):
                 phases, found = run_mode(mode, payments_url, clients, workdir, rate)
                 mode_phases[mode] = phases
                 recovery = recovery or found

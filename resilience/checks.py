@@ -147,6 +147,26 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
     problems = []
     if raw.get("mode") not in ("adaptive", "static"):
         problems.append(f"mode must be 'adaptive' or 'static', not {raw.get('mode')!r}")
+    if raw.get("algorithm") not in ("gradient", "gradient2"):
+        problems.append(
+            f"algorithm must be 'gradient' or 'gradient2', not {raw.get('algorithm')!r}"
+        )
+    min_rtt = raw.get("min_rtt", {})
+    if not (
+        min_rtt.get("interval_s", 0) > min_rtt.get("max_s", 0) > 0
+        and isinstance(min_rtt.get("requests"), int)
+        and min_rtt["requests"] >= 1
+        and isinstance(min_rtt.get("concurrency"), int)
+        and min_rtt["concurrency"] >= 1
+        and min_rtt.get("buffer", -1) >= 0
+        and 0 <= min_rtt.get("jitter", -1) <= 1
+    ):
+        problems.append(
+            "min_rtt needs interval_s > max_s > 0, requests and concurrency of at least 1,"
+            " buffer >= 0 and 0 <= jitter <= 1"
+        )
+    if not 0 < raw.get("gradient", {}).get("rtt_percentile", 0) <= 1:
+        problems.append("gradient.rtt_percentile must be in (0, 1]")
     low, start, high = raw.get("min_limit"), raw.get("initial_limit"), raw.get("max_limit")
     if not all(isinstance(v, int) for v in (low, start, high)) or not 1 <= low <= start <= high:
         problems.append("limits must be whole numbers with 1 <= min <= initial <= max")

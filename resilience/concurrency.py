@@ -7,13 +7,14 @@ its process and refuses, with a cheap ``503`` problem+json (code ``overloaded``)
 jittered ``Retry-After``, what exceeds the limit, before authentication or any view
 work:
 
-* **The limit adapts** (Netflix concurrency-limits' Gradient2): per window of completed
-  requests, ``gradient = clamp(tolerance x long RTT / short RTT, 0.5, 1)`` and
-  ``limit = limit x gradient + queue_size`` (smoothed, within ``min_limit`` and
-  ``max_limit``). While latency stays near its long-term average the limit grows by the
-  queue allowance; when latency rises it shrinks. The long average forgets a past
-  overload quickly (it decays when it is twice the short one). ``mode: "static"`` keeps
-  the limit fixed for comparison.
+* **The limit adapts** (Envoy's adaptive concurrency gradient controller, in
+  ``resilience.concurrency_limits``): per window of completed requests,
+  ``limit = limit x clamp(minRTT x (1 + buffer) / sampleRTT, 0.5, 2) + sqrt(limit)``
+  within ``min_limit`` and ``max_limit``, where minRTT is measured now and then by
+  pinning the limit to a low concurrency for a few requests. While latency stays near
+  minRTT the limit grows; when requests queue for the GIL or the CPU it shrinks.
+  ``algorithm: "gradient2"`` (Netflix's, against a long-term average) and
+  ``mode: "static"`` (the limit fixed) stay for comparison.
 * **Priorities** (``critical``, ``normal``, ``best_effort``): each has a guaranteed share
   of the limit. A class under its share is admitted while the process is under its
   limit; above its share it may only use slots that no higher class is owed, so under
@@ -47,7 +48,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from resilience import metrics, registry
+from resilience import concurrency_limits, metrics, registry
 from resilience.calls import count_dependency_wait, stop_counting_dependency_wait
 from resilience.errors import OverloadedError
 from resilience.problems import error_response
@@ -56,7 +57,6 @@ PRIORITIES = ("critical", "normal", "best_effort")  # highest first
 SHED_REASONS = ("limit", "priority", "queue_time")
 QUEUE_START_HEADERS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
 V = TypeVar("V")
-LONG_RTT_WARMUP_WINDOWS = 10
 
 _queue_wait = threading.local()
 
@@ -98,6 +98,7 @@ def priority_of(view_func: Any, method: str) -> str:
 class Config:
     enabled: bool
     mode: str  # adaptive | static
+    algorithm: str  # gradient (Envoy's, against a measured minRTT) | gradient2 (Netflix's)
     initial_limit: int
     min_limit: int
     max_limit: int
@@ -108,6 +109,13 @@ class Config:
     min_window_samples: int
     long_window_samples: int
     queue_size: float
+    rtt_percentile: float
+    min_rtt_interval_s: float
+    min_rtt_jitter: float
+    min_rtt_requests: int
+    min_rtt_max_s: float
+    min_rtt_concurrency: int
+    min_rtt_buffer: float
     shares: dict[str, float]
     queue_budgets_s: dict[str, float]
     standing_queue_budgets_s: dict[str, float]
@@ -127,10 +135,12 @@ def config() -> Config:
 def _build_config() -> Config:
     raw = settings.RESILIENCE_CONCURRENCY
     gradient = raw["gradient"]
+    min_rtt = raw["min_rtt"]
     classes = raw["priorities"]
     return Config(
         enabled=raw["enabled"] and settings.RESILIENCE_ENABLED,
         mode=raw["mode"],
+        algorithm=raw["algorithm"],
         initial_limit=raw["initial_limit"],
         min_limit=raw["min_limit"],
         max_limit=raw["max_limit"],
@@ -141,6 +151,13 @@ def _build_config() -> Config:
         min_window_samples=gradient["min_window_samples"],
         long_window_samples=gradient["long_window_samples"],
         queue_size=gradient["queue_size"],
+        rtt_percentile=gradient["rtt_percentile"],
+        min_rtt_interval_s=min_rtt["interval_s"],
+        min_rtt_jitter=min_rtt["jitter"],
+        min_rtt_requests=min_rtt["requests"],
+        min_rtt_max_s=min_rtt["max_s"],
+        min_rtt_concurrency=min_rtt["concurrency"],
+        min_rtt_buffer=min_rtt["buffer"],
         shares={name: classes[name]["share"] for name in PRIORITIES},
         queue_budgets_s={name: classes[name]["queue_budget_s"] for name in PRIORITIES},
         standing_queue_budgets_s={
@@ -153,63 +170,6 @@ def _build_config() -> Config:
         retry_after_s=raw["retry_after_s"],
         retry_after_jitter_s=raw["retry_after_jitter_s"],
     )
-
-
-# --- The adaptive limit -----------------------------------------------------------------
-
-
-class Gradient2Limit:
-    """Netflix's Gradient2: the limit follows the ratio of long-term to recent latency."""
-
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.cfg = cfg
-        self.limit = float(cfg.initial_limit)
-        self.long_rtt: float | None = None
-        self.short_rtt: float | None = None
-        self._clock = clock
-        self._window_started = clock()
-        self._window: list[float] = []
-        self._long_count = 0
-
-    def sample(self, rtt_s: float) -> None:
-        """One completed request; moves the limit once per window of samples."""
-        self._window.append(rtt_s)
-        now = self._clock()
-        if now - self._window_started < self.cfg.window_s:
-            return
-        if len(self._window) < self.cfg.min_window_samples:
-            return
-        short = sum(self._window) / len(self._window)
-        self._window.clear()
-        self._window_started = now
-        self._update(short)
-
-    def _update(self, short: float) -> None:
-        cfg = self.cfg
-        self.short_rtt = short
-        self._long_count += 1
-        if self.long_rtt is None:
-            self.long_rtt = short
-        elif self._long_count <= LONG_RTT_WARMUP_WINDOWS:
-            # Warm-up: a plain mean of the first windows, as Netflix's ExpAvgMeasurement.
-            self.long_rtt += (short - self.long_rtt) / self._long_count
-        else:
-            factor = 2 / (cfg.long_window_samples + 1)
-            self.long_rtt = self.long_rtt * (1 - factor) + short * factor
-        if self.long_rtt / short > 2:
-            # Latency fell far below the long average (an overload ended): forget faster.
-            self.long_rtt *= 0.95
-        # Netflix does not grow a limit the traffic is not using; ours is bounded by the
-        # threads, so it may grow back at light load too (else a limit shrunk by a spike
-        # stays low while light traffic never fills half of it, and bursts are shed).
-        gradient = max(0.5, min(1.0, cfg.tolerance * self.long_rtt / short))
-        # The queue allowance shrinks with the limit (at most queue_size, else its square
-        # root): a fixed 4 holds the limit at 8 or more whatever the latency (the fixed
-        # point of limit x 0.5 + 4), too many on a node whose processes each run one
-        # Python thread at a time.
-        target = self.limit * gradient + min(cfg.queue_size, math.sqrt(self.limit))
-        smoothed = self.limit * (1 - cfg.smoothing) + target * cfg.smoothing
-        self.limit = max(float(cfg.min_limit), min(float(cfg.max_limit), smoothed))
 
 
 # --- Queue time (CoDel) -----------------------------------------------------------------
@@ -256,7 +216,7 @@ class ConcurrencyLimiter:
 
     def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
-        self.gradient = Gradient2Limit(cfg, clock=clock)
+        self.gradient = concurrency_limits.build(cfg, clock)
         self.queue = QueueWatch(cfg, clock=clock)
         self.in_flight = dict.fromkeys(PRIORITIES, 0)
         self._lock = threading.Lock()
@@ -268,7 +228,11 @@ class ConcurrencyLimiter:
         return max(1, math.floor(self.gradient.limit))
 
     def _guaranteed(self, level: str, limit: int) -> int:
-        return max(1, math.floor(limit * self.cfg.shares[level]))
+        # Rounded down, never up to one: with max(1, ...) a limit shrunk to 4 owed one slot
+        # to each lower class, half the process, and critical was shed to keep them free
+        # (bench overload: the adaptive limit served less critical traffic at 3x than a
+        # static one). A share of less than one slot is none; that class borrows.
+        return math.floor(limit * self.cfg.shares[level])
 
     def try_acquire(self, level: str) -> ShedDecision | None:
         """Take a slot for a request of class ``level``, or say why not."""
@@ -288,12 +252,13 @@ class ConcurrencyLimiter:
             self.in_flight[level] += 1
             return None
 
-    def release(self, level: str, rtt_s: float | None) -> None:
-        """Give the slot back; ``rtt_s`` (served requests only) feeds the adaptive limit."""
+    def release(self, level: str, rtt_s: float | None, started_s: float) -> None:
+        """Give the slot back; ``rtt_s`` (served requests only; admitted at ``started_s``
+        on the limiter's clock) feeds the adaptive limit."""
         with self._lock:
             self.in_flight[level] -= 1
             if rtt_s is not None and self.cfg.mode == "adaptive":
-                self.gradient.sample(rtt_s)
+                self.gradient.sample(rtt_s, started_s)
 
 
 def limiter() -> ConcurrencyLimiter:
@@ -356,7 +321,7 @@ class ConcurrencyLimitMiddleware:
                 # on a slow provider is held by its bulkhead, and is not overload here.
                 rtt = max(0.0, time.monotonic() - started - waited[0])
                 state = limiter()
-                state.release(level, rtt if served else None)
+                state.release(level, rtt if served else None, started)
                 metrics.CONCURRENCY_IN_FLIGHT.dec()
                 _export(state)
 

@@ -124,8 +124,9 @@ CONCURRENCY_SHED = Counter(
 )
 CONCURRENCY_RTT = Gauge(
     "resilience_concurrency_rtt_seconds",
-    "Mean request latency the adaptive limit follows: the last window (short) and its"
-    " long-term average (long).",
+    "Request latency the adaptive limit follows: the last window's (short) and the"
+    " reference it is compared with (long: the measured minRTT, or Gradient2's long-term"
+    " average).",
     ["window"],
     multiprocess_mode="livemax",
 )

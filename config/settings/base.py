@@ -9,6 +9,7 @@ live in ``RESILIENCE`` (see ``docs/timeouts.md``).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import dj_database_url
@@ -320,7 +321,18 @@ ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS = env(
     "ORDERS_DEFERRED_PAYMENT_MAX_ATTEMPTS", default=20, cast=int
 )
 ORDERS_DEFERRED_PAYMENT_SWEEP_S = env("ORDERS_DEFERRED_PAYMENT_SWEEP_S", default=5.0, cast=float)
-ORDERS_DEFERRED_PAYMENT_BATCH = 100
+# The catch-up after a payments outage is paced: each sweep enqueues at most this rate x
+# its period (20/s: 100 per 5 s sweep), whatever the period. A fixed batch of 100 made a
+# shorter period a faster catch-up: the chaos stacks' 1 s sweep paid ~800 deferred
+# orders at up to 100/s, the worker took the CPU the web processes needed, and their
+# queue budgets shed live traffic for 25 s after the heal (docs/chaos/payments-slow/).
+# A deferred order is already accepted: paying it a little later costs its user nothing.
+ORDERS_DEFERRED_PAYMENT_RATE_PER_S = env(
+    "ORDERS_DEFERRED_PAYMENT_RATE_PER_S", default=20.0, cast=float
+)
+ORDERS_DEFERRED_PAYMENT_BATCH = max(
+    1, math.ceil(ORDERS_DEFERRED_PAYMENT_RATE_PER_S * ORDERS_DEFERRED_PAYMENT_SWEEP_S)
+)
 # A swept order is not swept again for this long while its task waits in the queue; a
 # lost task's order is due again after it. Longer than a busy queue's wait.
 ORDERS_DEFERRED_PAYMENT_LEASE_S = env("ORDERS_DEFERRED_PAYMENT_LEASE_S", default=60.0, cast=float)
@@ -600,19 +612,34 @@ RESILIENCE_CONCURRENCY = {
     "min_limit": env("CONCURRENCY_MIN_LIMIT", default=4, cast=int),
     "max_limit": WEB_THREADS,
     "static_limit": env("CONCURRENCY_STATIC_LIMIT", default=WEB_THREADS, cast=int),
-    # Gradient2 (Netflix concurrency-limits): limit x clamp(tolerance x long/short RTT,
-    # 0.5, 1) + min(queue_size, sqrt(limit)), smoothed, once per window of completed
-    # requests; the long RTT is an exponential average over long_window_samples windows
-    # (Netflix: 600; here 60, about 15 s of windows: a latency that rises for a reason
-    # fewer requests cannot mend, as the worker's catch-up after an outage taking CPU, is
-    # the new normal within seconds instead of minutes, and the limit comes back instead
-    # of shedding reads and their retries for ever; standing queues are the queue
-    # budgets' business). Sized for processes that run one Python thread at a time: under a
-    # standing overload the limit settles at 2 x queue_size = 4 (the fixed point of
-    # limit x 0.5 + 2; with Netflix's 4 it could not go below 8); windows of 4 samples and
-    # smoothing 0.5 get it there within seconds, and back as fast (Netflix's 0.2 and 4
-    # are for limits in the hundreds).
+    # The adaptive limit: Envoy's gradient controller. Per window of completed requests,
+    # limit x clamp(minRTT x (1 + buffer) / sampleRTT, 0.5, 2) + sqrt(limit), where
+    # sampleRTT is the window's rtt_percentile and minRTT the same percentile of
+    # min_rtt.requests requests run with the limit pinned to min_rtt.concurrency, measured
+    # every interval_s (plus up to jitter x interval_s) and whenever the limit has sat at
+    # min_limit for 5 windows. A reference that is measured, not averaged, cannot drift up
+    # during a long overload (Gradient2's long average did, and let the limit grow back
+    # into it: adr/0010), and one that rose for a reason fewer requests cannot mend (the
+    # worker's catch-up after an outage taking the CPU) is measured again within seconds.
+    # Low numbers because each process runs one Python thread at a time: beyond a few
+    # requests in flight, more only share the GIL and the cores, and every one is slower.
+    "algorithm": env("CONCURRENCY_LIMIT_ALGORITHM", default="gradient"),
+    "min_rtt": {
+        "interval_s": env("CONCURRENCY_MIN_RTT_INTERVAL_S", default=30.0, cast=float),
+        "jitter": 0.1,
+        "requests": env("CONCURRENCY_MIN_RTT_REQUESTS", default=20, cast=int),
+        # A measurement ends after this even with fewer requests (light traffic, or slots
+        # held by requests waiting on a slow dependency): its pin costs at most this.
+        "max_s": env("CONCURRENCY_MIN_RTT_MAX_S", default=1.0, cast=float),
+        "concurrency": env("CONCURRENCY_MIN_RTT_CONCURRENCY", default=3, cast=int),
+        "buffer": env("CONCURRENCY_MIN_RTT_BUFFER", default=0.25, cast=float),
+    },
+    # Shared by both algorithms: windows of window_s and at least min_window_samples
+    # requests. Gradient2 (CONCURRENCY_LIMIT_ALGORITHM=gradient2, for comparison):
+    # limit x clamp(tolerance x long / short RTT, 0.5, 1) + min(queue_size, sqrt(limit)),
+    # smoothed; the long RTT is an exponential average over long_window_samples windows.
     "gradient": {
+        "rtt_percentile": env("CONCURRENCY_RTT_PERCENTILE", default=0.5, cast=float),
         "tolerance": env("CONCURRENCY_RTT_TOLERANCE", default=1.5, cast=float),
         "smoothing": env("CONCURRENCY_SMOOTHING", default=0.5, cast=float),
         "window_s": env("CONCURRENCY_WINDOW_S", default=0.25, cast=float),

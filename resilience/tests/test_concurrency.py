@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 
@@ -11,7 +12,12 @@ from django.test import Client, RequestFactory
 
 from conftest import client_for
 from resilience import concurrency
-from resilience.concurrency import ConcurrencyLimiter, Gradient2Limit, priority_of
+from resilience.concurrency import ConcurrencyLimiter, priority_of
+from resilience.concurrency_limits import (
+    WARM_UP_REQUESTS,
+    Gradient2Limit,
+    MinRttGradientLimit,
+)
 
 pytestmark = pytest.mark.usefixtures("no_rate_limits", "load_shedding")
 
@@ -33,22 +39,130 @@ class Clock:
 @pytest.fixture
 def cfg(settings):
     concurrency.reset()
-    return dataclasses.replace(concurrency.config(), min_limit=2, max_limit=32, initial_limit=16)
+    return dataclasses.replace(
+        concurrency.config(),
+        min_limit=2,
+        max_limit=32,
+        initial_limit=16,
+        min_rtt_interval_s=30.0,
+        min_rtt_jitter=0.0,
+        min_rtt_requests=10,
+        min_rtt_max_s=1.0,
+        min_rtt_concurrency=3,
+        min_rtt_buffer=0.25,
+        rtt_percentile=0.5,
+    )
 
 
-def run_windows(limit: Gradient2Limit, clock: Clock, rtt_s: float, windows: int) -> list[float]:
+def run_windows(limit, clock: Clock, rtt_s: float, windows: int) -> list[float]:
     """Feed ``windows`` windows of requests of ``rtt_s``, with the limit fully used."""
     seen = []
     for _ in range(windows):
         for _ in range(limit.cfg.min_window_samples):
-            limit.sample(rtt_s)
+            limit.sample(rtt_s, clock.now)
         clock.now += limit.cfg.window_s
-        limit.sample(rtt_s)
+        limit.sample(rtt_s, clock.now)
         seen.append(limit.limit)
     return seen
 
 
-def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises(cfg):
+def measured(cfg, clock: Clock, rtt_s: float) -> MinRttGradientLimit:
+    """A minRTT controller past its warm-up and its first measurement at ``rtt_s``."""
+    limit = MinRttGradientLimit(cfg, clock=clock, jitter=lambda: 0.0)
+    for _ in range(WARM_UP_REQUESTS + 1 + cfg.min_rtt_requests):
+        limit.sample(rtt_s, clock.now)
+    assert limit.min_rtt == pytest.approx(rtt_s)
+    return limit
+
+
+def test_the_first_min_rtt_is_measured_after_warm_up_under_a_pinned_limit(cfg):
+    clock = Clock()
+    limit = MinRttGradientLimit(cfg, clock=clock, jitter=lambda: 0.0)
+    for _ in range(WARM_UP_REQUESTS):
+        limit.sample(0.050, clock.now)  # a new process's slow first requests
+    assert limit.min_rtt is None
+    assert limit.limit == cfg.initial_limit
+    admitted_before_the_pin = clock.now
+    clock.now += 0.01
+    limit.sample(0.010, clock.now)  # the measurement starts: the limit is pinned
+    assert limit.measuring
+    assert limit.limit == cfg.min_rtt_concurrency
+    limit.sample(0.500, admitted_before_the_pin)  # ran beside many others: not a sample
+    for _ in range(cfg.min_rtt_requests):
+        limit.sample(0.010, clock.now)
+    assert not limit.measuring
+    assert limit.min_rtt == pytest.approx(0.010)
+    assert limit.limit == cfg.initial_limit
+
+
+def test_the_min_rtt_pin_never_outlasts_its_time_even_if_nothing_finishes(cfg):
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    clock.now += cfg.min_rtt_interval_s
+    limit.sample(0.010, clock.now)  # due again: pinned
+    assert limit.limit == cfg.min_rtt_concurrency
+    clock.now += cfg.min_rtt_max_s  # the pinned slots are all held by slow requests
+    assert limit.limit > cfg.min_rtt_concurrency
+    assert limit.min_rtt == pytest.approx(0.010)  # too few samples: the reference stays
+
+
+def test_the_min_rtt_limit_grows_near_min_rtt_and_shrinks_when_requests_queue(cfg):
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    grown = run_windows(limit, clock, 0.011, 10)
+    assert grown[-1] == cfg.max_limit
+    shrunk = run_windows(limit, clock, 0.040, 10)  # 4x minRTT: queueing in the process
+    assert shrunk[-1] <= 8
+    back = run_windows(limit, clock, 0.011, 10)
+    assert back.index(cfg.max_limit) * cfg.window_s <= 2  # seconds to recover
+
+
+def queueing(limit, clock: Clock, windows: int) -> list[float]:
+    """A process that overlaps 3 requests and queues the rest (latency grows with what it
+    admits), with more traffic than it can take: every slot of the limit is filled."""
+    seen = []
+    for _ in range(windows):
+        seen += run_windows(limit, clock, 0.010 * max(1.0, limit.limit / 3), 1)
+    return seen
+
+
+def test_a_long_overload_cannot_become_the_new_normal_against_a_measured_min_rtt(cfg):
+    """Gradient2's long average rises to the overloaded latency and lets the limit grow
+    back into it; a measured minRTT stays the latency of a process that does not queue,
+    so the limit stays where requests barely queue (adr/0010)."""
+    clock = Clock()
+    min_rtt = measured(cfg, clock, 0.010)
+    gradient2 = Gradient2Limit(cfg, clock=clock)
+    run_windows(gradient2, clock, 0.010, 20)
+    # 20 s of overload, each limit starting from the threads.
+    late = [queueing(limit, clock, 80)[-20:] for limit in (min_rtt, gradient2)]
+    assert max(late[0]) <= 8  # latency within about 2.5x of the unqueued one
+    assert min(late[1]) >= cfg.max_limit * 0.75  # the long average followed the queue
+
+
+def test_a_limit_held_at_its_minimum_measures_min_rtt_again(cfg):
+    """The node got slower for everyone (another process takes the CPU): fewer requests
+    cannot mend that, so the limit must not stay at its floor shedding for ever."""
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    seen = run_windows(limit, clock, 0.100, 20)  # 10x: down to the floor, 5 windows there
+    assert math.floor(min(seen)) == cfg.min_limit  # the limit in force
+    assert limit.measurements == 2
+    assert limit.min_rtt == pytest.approx(0.100)
+    assert run_windows(limit, clock, 0.100, 10)[-1] == cfg.max_limit
+
+
+def test_min_rtt_is_measured_again_every_interval(cfg):
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    run_windows(limit, clock, 0.011, int(cfg.min_rtt_interval_s / cfg.window_s) - 2)
+    assert not limit.measuring
+    assert limit.measurements == 1
+    run_windows(limit, clock, 0.011, 3)
+    assert limit.measuring
+
+
+def test_gradient2_grows_while_latency_holds_and_shrinks_when_it_rises(cfg):
     clock = Clock()
     limit = Gradient2Limit(cfg, clock=clock)
     grown = run_windows(limit, clock, 0.010, 40)
@@ -58,7 +172,7 @@ def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises(cfg):
     assert shrunk[-1] >= cfg.min_limit
 
 
-def test_after_an_overload_the_limit_recovers_within_a_bounded_number_of_windows(cfg):
+def test_after_an_overload_gradient2_recovers_within_a_bounded_number_of_windows(cfg):
     clock = Clock()
     limit = Gradient2Limit(cfg, clock=clock)
     run_windows(limit, clock, 0.010, 20)
@@ -73,7 +187,7 @@ def test_after_an_overload_the_limit_recovers_within_a_bounded_number_of_windows
     assert back * cfg.window_s <= 10  # seconds of healthy traffic to recover
 
 
-def test_a_limit_shrunk_by_a_spike_grows_back_whatever_the_traffic_uses(cfg):
+def test_a_gradient2_limit_shrunk_by_a_spike_grows_back_whatever_the_traffic_uses(cfg):
     """Light traffic may never fill half the limit; it must still get its limit back
     (Netflix grows only a used limit; ours is bounded by the threads, so it may)."""
     clock = Clock()
@@ -103,10 +217,10 @@ def test_time_spent_waiting_on_a_dependency_is_not_counted_as_overload(payments,
         stop_counting_dependency_wait(token)
     assert waited[0] >= 0.15
     # A request that spent most of its time on payments samples only the rest.
-    limiter = ConcurrencyLimiter(cfg)
+    limiter = ConcurrencyLimiter(dataclasses.replace(cfg, algorithm="gradient2"))
     assert limiter.try_acquire("critical") is None
-    limiter.release("critical", rtt_s=max(0.0, 0.16 - waited[0]))
-    assert limiter.gradient._window == [pytest.approx(0.0, abs=0.02)]
+    limiter.release("critical", rtt_s=max(0.0, 0.16 - waited[0]), started_s=time.monotonic())
+    assert limiter.gradient._windows.latencies == [pytest.approx(0.0, abs=0.02)]
 
 
 def test_static_mode_keeps_its_limit(cfg):
@@ -126,8 +240,17 @@ def test_lower_classes_borrow_idle_slots_but_never_the_ones_higher_classes_are_o
     assert limiter.try_acquire("normal").reason == "priority"
     assert [limiter.try_acquire("critical") for _ in range(5)] == [None] * 5
     assert limiter.try_acquire("critical").reason == "limit"
-    limiter.release("best_effort", 0.01)
+    limiter.release("best_effort", 0.01, started_s=0.0)
     assert limiter.try_acquire("critical") is None  # critical may borrow any free slot
+
+
+def test_a_share_of_less_than_one_slot_is_none_so_a_small_limit_goes_to_critical(cfg):
+    """A limit shrunk to 4 owes best effort 0.8 of a slot: it may borrow, never reserve
+    (with one reserved slot per class, half a small limit was kept from critical)."""
+    limiter = ConcurrencyLimiter(dataclasses.replace(cfg, mode="static", static_limit=4))
+    assert [limiter.try_acquire("critical") for _ in range(3)] == [None] * 3
+    assert limiter.try_acquire("best_effort").reason == "priority"  # normal is owed one
+    assert limiter.try_acquire("critical") is None  # the last slot
 
 
 def test_views_declare_their_class_in_one_line():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -75,6 +76,11 @@ class Command(BaseCommand):
             "ports (gunicorn, proxy, simulators, own redis-server, Celery worker)",
         )
         run.add_argument("--seed", type=int)
+        run.add_argument(
+            "--keep-logs",
+            type=Path,
+            help="copy the harness stacks' logs (web, worker, simulators) to DIR/<run>/",
+        )
         run.add_argument(
             "--load",
             choices=["steady", "collapse"],
@@ -210,6 +216,7 @@ class Command(BaseCommand):
         local = options["stack"] == "local" or options["baseline"]
         command = "python manage.py chaos " + shlex.join(sys.argv[2:])
         if local:
+            kwargs["keep_logs"] = options["keep_logs"]
             passed = self._experiment(
                 chosen, out, kwargs, baseline=options["baseline"], command=command
             )
@@ -293,14 +300,20 @@ class Command(BaseCommand):
             logging.getLogger(name).setLevel(logging.WARNING)
         label = "resilient" if resilience else "baseline"
         kwargs["log"](f"starting a {label} harness stack (RESILIENCE_ENABLED={resilience})")
-        with (
-            tempfile.TemporaryDirectory(prefix=f"chaos-{label}-") as workdir,
-            LocalStack(
-                database_url=database_url,
-                workdir=Path(workdir),
-                base_env=base_env,
-                resilience_enabled=resilience,
-                proxied="direct" not in chosen.needs,
-            ) as endpoints,
-        ):
-            return run_scenario(chosen, endpoints, **kwargs)
+        keep_logs = kwargs.pop("keep_logs", None)
+        with tempfile.TemporaryDirectory(prefix=f"chaos-{label}-") as workdir:
+            try:
+                with LocalStack(
+                    database_url=database_url,
+                    workdir=Path(workdir),
+                    base_env=base_env,
+                    resilience_enabled=resilience,
+                    proxied="direct" not in chosen.needs,
+                ) as endpoints:
+                    return run_scenario(chosen, endpoints, **kwargs)
+            finally:
+                if keep_logs is not None:
+                    kept = keep_logs / label
+                    kept.mkdir(parents=True, exist_ok=True)
+                    for log in Path(workdir).glob("*.log"):
+                        shutil.copy(log, kept / log.name)

@@ -1,0 +1,226 @@
+"""The adaptive concurrency limit's algorithms (adr/0010): how the limit follows latency.
+
+Both take one latency sample per served request (``sample``: its latency and when it
+was admitted, on the limiter's clock) and expose the limit in
+force (``limit``), the last window's latency (``short_rtt``) and the reference it is
+compared with (``long_rtt``):
+
+* ``MinRttGradientLimit`` (the default, ``algorithm: "gradient"``): Envoy's adaptive
+  concurrency gradient controller. The reference is the *minimum* RTT, measured now and
+  then by pinning the limit to a low concurrency for a few requests; per window,
+  ``limit = limit x clamp((minRTT x (1 + buffer)) / sampleRTT, 0.5, 2) + sqrt(limit)``.
+  The reference is re-measured, never averaged, so a standing overload cannot become
+  the new normal (the limit stays where latency is near minRTT), while a latency that
+  rose for a reason fewer requests cannot mend (another process taking the CPU) is
+  re-measured within one interval, or at once when the limit has sat at its minimum.
+* ``Gradient2Limit`` (``algorithm: "gradient2"``): Netflix concurrency-limits' Gradient2,
+  whose reference is a long-term average of the RTT. Kept for comparison: during an
+  overload that lasts longer than the average's window, the average rises to the
+  overloaded latency and the limit grows back into it (measured in adr/0010).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+LONG_RTT_WARMUP_WINDOWS = 10
+GRADIENT_BOUNDS = (0.5, 2.0)  # Envoy's: halve the limit at most, double it at most
+WINDOWS_AT_MINIMUM_BEFORE_REMEASURING = 5  # Envoy's
+# A new process's first requests pay for lazy imports and new connections (measured: a
+# first minRTT of 50 ms against 6 ms a minute later): the first measurement waits.
+WARM_UP_REQUESTS = 100
+
+
+class Limit(Protocol):
+    limit: float
+    short_rtt: float | None
+    long_rtt: float | None
+
+    def sample(self, rtt_s: float, started_s: float) -> None: ...
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` quantile of ``values`` (nearest rank), which must not be empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+class _Windows:
+    """Completed requests' latencies, handed over once per window of time and count."""
+
+    def __init__(self, cfg: Any, clock: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self.started = clock()
+        self.latencies: list[float] = []
+
+    def add(self, rtt_s: float) -> list[float] | None:
+        """Record one latency; the window's latencies when it has closed, else None."""
+        self.latencies.append(rtt_s)
+        now = self._clock()
+        if now - self.started < self.cfg.window_s:
+            return None
+        if len(self.latencies) < self.cfg.min_window_samples:
+            return None
+        closed, self.latencies, self.started = self.latencies, [], now
+        return closed
+
+    def restart(self) -> None:
+        self.latencies, self.started = [], self._clock()
+
+
+class MinRttGradientLimit:
+    """Envoy's gradient controller: the limit follows sampleRTT against a measured minRTT."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        *,
+        clock: Callable[[], float],
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self._jitter = jitter
+        self._estimate = float(cfg.initial_limit)
+        self.min_rtt: float | None = None
+        self.short_rtt: float | None = None
+        self._windows = _Windows(cfg, clock)
+        self._at_minimum = 0
+        self._served = 0
+        self._next_measurement = clock()
+        self._measuring_since: float | None = None
+        self._measured: list[float] = []
+        self.measurements = 0
+
+    @property
+    def measuring(self) -> bool:
+        return self._measuring_since is not None
+
+    @property
+    def limit(self) -> float:
+        """The limit in force: pinned low while minRTT is being measured."""
+        if self._measuring_since is not None:
+            now = self._clock()
+            if now - self._measuring_since < self.cfg.min_rtt_max_s:
+                return float(min(self.cfg.min_rtt_concurrency, self._estimate))
+            # Time is up even if nothing finished (slots held by requests waiting on a
+            # slow dependency): the pin never lasts longer than min_rtt_max_s.
+            self._finish_measuring(now)
+        return self._estimate
+
+    @property
+    def long_rtt(self) -> float | None:
+        return self.min_rtt
+
+    def sample(self, rtt_s: float, started_s: float) -> None:
+        now = self._clock()
+        if self.min_rtt is None and self._served < WARM_UP_REQUESTS:
+            self._served += 1
+            return  # warming up: the limit stays where it started
+        if self._measuring_since is None and now >= self._next_measurement:
+            self._start_measuring(now)  # this request ran above the pin: not a sample
+            return
+        if self._measuring_since is not None:
+            # Only requests admitted under the pin: the others ran beside many more.
+            if started_s >= self._measuring_since:
+                self._measured.append(rtt_s)
+            done = len(self._measured) >= self.cfg.min_rtt_requests
+            if done or now - self._measuring_since >= self.cfg.min_rtt_max_s:
+                self._finish_measuring(now)
+            return
+        window = self._windows.add(rtt_s)
+        if window is not None and self.min_rtt is not None:
+            self._update(percentile(window, self.cfg.rtt_percentile))
+
+    def _start_measuring(self, now: float) -> None:
+        self._measuring_since = now
+        self._measured = []
+
+    def _finish_measuring(self, now: float) -> None:
+        # Too few requests in the time allowed (light traffic): keep the last reference.
+        enough = len(self._measured) >= self.cfg.min_window_samples
+        if self._measured and (enough or self.min_rtt is None):
+            self.min_rtt = percentile(self._measured, self.cfg.rtt_percentile)
+            self.measurements += 1
+        self._measuring_since = None
+        self._measured = []
+        self._at_minimum = 0
+        self._windows.restart()
+        if self.min_rtt is None:
+            return  # nothing measured yet (no request finished): measure again at once
+        # Jittered, so the processes of a fleet do not all pin their limits together.
+        spread = self.cfg.min_rtt_interval_s * self.cfg.min_rtt_jitter * self._jitter()
+        self._next_measurement = now + self.cfg.min_rtt_interval_s + spread
+
+    def _update(self, sample_rtt: float) -> None:
+        cfg = self.cfg
+        self.short_rtt = sample_rtt
+        reference = self.min_rtt * (1 + cfg.min_rtt_buffer)
+        low, high = GRADIENT_BOUNDS
+        gradient = max(low, min(high, reference / max(sample_rtt, 1e-6)))
+        scaled = self._estimate * gradient
+        self._estimate = max(
+            float(cfg.min_limit), min(float(cfg.max_limit), scaled + math.sqrt(scaled))
+        )
+        # A limit held at its floor may be chasing a reference that no longer holds
+        # (the node got slower for everyone): measure it again now, as Envoy does.
+        at_minimum = math.floor(self._estimate) <= cfg.min_limit  # the limit in force
+        self._at_minimum = self._at_minimum + 1 if at_minimum else 0
+        if self._at_minimum >= WINDOWS_AT_MINIMUM_BEFORE_REMEASURING:
+            self._next_measurement = self._clock()
+
+
+class Gradient2Limit:
+    """Netflix's Gradient2: the limit follows the ratio of long-term to recent latency."""
+
+    def __init__(self, cfg: Any, *, clock: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self.limit = float(cfg.initial_limit)
+        self.long_rtt: float | None = None
+        self.short_rtt: float | None = None
+        self._windows = _Windows(cfg, clock)
+        self._long_count = 0
+
+    def sample(self, rtt_s: float, started_s: float) -> None:
+        """One completed request; moves the limit once per window of samples."""
+        window = self._windows.add(rtt_s)
+        if window is not None:
+            self._update(sum(window) / len(window))
+
+    def _update(self, short: float) -> None:
+        cfg = self.cfg
+        self.short_rtt = short
+        self._long_count += 1
+        if self.long_rtt is None:
+            self.long_rtt = short
+        elif self._long_count <= LONG_RTT_WARMUP_WINDOWS:
+            # Warm-up: a plain mean of the first windows, as Netflix's ExpAvgMeasurement.
+            self.long_rtt += (short - self.long_rtt) / self._long_count
+        else:
+            factor = 2 / (cfg.long_window_samples + 1)
+            self.long_rtt = self.long_rtt * (1 - factor) + short * factor
+        if self.long_rtt / short > 2:
+            # Latency fell far below the long average (an overload ended): forget faster.
+            self.long_rtt *= 0.95
+        # Netflix does not grow a limit the traffic is not using; ours is bounded by the
+        # threads, so it may grow back at light load too (else a limit shrunk by a spike
+        # stays low while light traffic never fills half of it, and bursts are shed).
+        gradient = max(0.5, min(1.0, cfg.tolerance * self.long_rtt / short))
+        # The queue allowance shrinks with the limit (at most queue_size, else its square
+        # root): a fixed 4 holds the limit at 8 or more whatever the latency (the fixed
+        # point of limit x 0.5 + 4), too many on a node whose processes each run one
+        # Python thread at a time.
+        target = self.limit * gradient + min(cfg.queue_size, math.sqrt(self.limit))
+        smoothed = self.limit * (1 - cfg.smoothing) + target * cfg.smoothing
+        self.limit = max(float(cfg.min_limit), min(float(cfg.max_limit), smoothed))
+
+
+def build(cfg: Any, clock: Callable[[], float]) -> Limit:
+    """The configured algorithm."""
+    if cfg.algorithm == "gradient2":
+        return Gradient2Limit(cfg, clock=clock)
+    return MinRttGradientLimit(cfg, clock=clock)
