@@ -396,6 +396,10 @@ def overhead() -> list[str]:
     return [costs, shedding]
 
 
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
+
+
 def report(mode_phases: dict[str, list[Phase]], rate: float) -> list[str]:
     header = (
         "config     load  | critical goodput/s p50 p99 ms | normal goodput/s p50 p99 |"
@@ -489,7 +493,8 @@ def main() -> None:
         print(
             f"recovery: limit {recovery['limit_after_3x']} after 3x; back to 90% of its 1x"
             f" median ({recovery['limit_at_1x_median']:.0f}) after"
-            f" {recovery['recovered_s']} s; spread at steady 1x {recovery['spread_at_1x']:.1f}"
+            f" {_seconds(recovery['recovered_s'])}; spread at steady 1x"
+            f" {recovery['spread_at_1x']:.1f} (the minRTT pin included)"
         )
     for line in overhead():
         print(line)
