@@ -141,9 +141,12 @@ class MinRttGradientLimit:
         self._measured = []
 
     def _finish_measuring(self, now: float) -> None:
-        # Too few requests in the time allowed (light traffic): keep the last reference.
-        enough = len(self._measured) >= self.cfg.min_window_samples
-        if self._measured and (enough or self.min_rtt is None):
+        # Whatever finished under the pin counts, however few: on a node made slow for
+        # everyone (Postgres 50 ms slower per round trip) a second holds only a few
+        # requests, and keeping the old reference then held the limit at its floor,
+        # measuring again and again, while the queue budgets shed 90% of the reads
+        # (postgres-slow). Only when nothing finished does the reference stay.
+        if self._measured:
             self.min_rtt = percentile(self._measured, self.cfg.rtt_percentile)
             self.measurements += 1
         self._measuring_since = None

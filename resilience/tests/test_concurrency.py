@@ -106,6 +106,23 @@ def test_the_min_rtt_pin_never_outlasts_its_time_even_if_nothing_finishes(cfg):
     assert limit.min_rtt == pytest.approx(0.010)  # too few samples: the reference stays
 
 
+def test_a_measurement_cut_short_by_its_time_still_sets_min_rtt(cfg):
+    """A node slow for everyone finishes few requests in the pin's second: they are the
+    new reference, else the limit stays at its floor measuring again and again."""
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    clock.now += cfg.min_rtt_interval_s
+    limit.sample(0.750, clock.now)  # due: the pin starts
+    pinned_at = clock.now
+    for _ in range(2):  # 3 slots, 0.75 s each: two finish within the second
+        clock.now += 0.4
+        limit.sample(0.750, pinned_at)
+    clock.now += 0.3
+    limit.sample(0.750, pinned_at + 0.1)  # the time is up with 3 samples
+    assert not limit.measuring
+    assert limit.min_rtt == pytest.approx(0.750)
+
+
 def test_the_min_rtt_limit_grows_near_min_rtt_and_shrinks_when_requests_queue(cfg):
     clock = Clock()
     limit = measured(cfg, clock, 0.010)
