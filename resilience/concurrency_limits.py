@@ -12,7 +12,8 @@ compared with (``long_rtt``):
   The reference is re-measured, never averaged, so a standing overload cannot become
   the new normal (the limit stays where latency is near minRTT), while a latency that
   rose for a reason fewer requests cannot mend (another process taking the CPU) is
-  re-measured within one interval, or at once when the limit has sat at its minimum.
+  re-measured within one interval, or taken from the live windows once the limit has
+  sat at its minimum for 5 of them.
 * ``Gradient2Limit`` (``algorithm: "gradient2"``): Netflix concurrency-limits' Gradient2,
   whose reference is a long-term average of the RTT. Kept for comparison: during an
   overload that lasts longer than the average's window, the average rises to the
@@ -170,11 +171,18 @@ class MinRttGradientLimit:
             float(cfg.min_limit), min(float(cfg.max_limit), scaled + math.sqrt(scaled))
         )
         # A limit held at its floor may be chasing a reference that no longer holds
-        # (the node got slower for everyone): measure it again now, as Envoy does.
+        # (the node got slower for everyone). Envoy measures minRTT again then; at the
+        # floor the live windows already run at about the pin's concurrency, so their
+        # latency is the measurement, taken the way sampleRTT is. (A pinned measurement
+        # cut short by its second keeps only the requests that finished in it, the fast
+        # ones: in postgres-slow that reference was the reads' latency, the windows held
+        # the order creations too, and the limit went straight back to its floor.)
         at_minimum = math.floor(self._estimate) <= cfg.min_limit  # the limit in force
         self._at_minimum = self._at_minimum + 1 if at_minimum else 0
         if self._at_minimum >= WINDOWS_AT_MINIMUM_BEFORE_REMEASURING:
-            self._next_measurement = self._clock()
+            self.min_rtt = sample_rtt
+            self.measurements += 1
+            self._at_minimum = 0
 
 
 class Gradient2Limit:

@@ -144,6 +144,7 @@ def _figures(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("answers by status", str(s["by_status"])),
         ("answers during the fault", str(s["fault_by_status"])),
         ("refusals by problem code, whole run", str(s.get("refusals_by_code", {}))),
+        ("shed by the load shedder, by reason", str(s.get("shed_by_reason", {}))),
         ("p50 / p99 before the fault", f"{v('p50_steady_s', 'ms')} / {v('p99_steady_s', 'ms')}"),
         ("p50 / p99 during the fault", f"{v('p50_fault_s', 'ms')} / {v('p99_fault_s', 'ms')}"),
         ("time to recover after heal", v("time_to_recover_s", "s")),

@@ -720,6 +720,11 @@ def summarise(ctx: RunContext) -> dict[str, Any]:
         if dependency
         else None,
         "bulkhead_rejected": delta("resilience_bulkhead_rejected_total", dependency="payments"),
+        # Why the load shedder refused what it refused (adr/0010), whole run.
+        "shed_by_reason": {
+            reason: delta("resilience_concurrency_shed_total", reason=reason)
+            for reason in ("limit", "priority", "queue_time")
+        },
         "retries": delta("resilience_retry_retries_total", dependency="payments"),
         "retry_budget_exhausted": delta(
             "resilience_retry_budget_exhausted_total", dependency="payments"
