@@ -616,11 +616,12 @@ RESILIENCE_CONCURRENCY = {
     # limit x clamp(minRTT x (1 + buffer) / sampleRTT, 0.5, 2) + sqrt(limit), where
     # sampleRTT is the window's rtt_percentile and minRTT the same percentile of
     # min_rtt.requests requests run with the limit pinned to min_rtt.concurrency, measured
-    # every interval_s (plus up to jitter x interval_s) and whenever the limit has sat at
-    # min_limit for 5 windows. A reference that is measured, not averaged, cannot drift up
-    # during a long overload (Gradient2's long average did, and let the limit grow back
-    # into it: adr/0010), and one that rose for a reason fewer requests cannot mend (the
-    # worker's catch-up after an outage taking the CPU) is measured again within seconds.
+    # every interval_s (plus up to jitter x interval_s); once the limit has sat at
+    # min_limit for 5 windows, the last window's sampleRTT becomes minRTT. A reference
+    # that is measured, not averaged, cannot drift up during a long overload (Gradient2's
+    # long average did, and let the limit grow back into it: adr/0010), and one that rose
+    # for a reason fewer requests cannot mend (the worker's catch-up after an outage
+    # taking the CPU, a slower Postgres) is measured again within seconds.
     # Low numbers because each process runs one Python thread at a time: beyond a few
     # requests in flight, more only share the GIL and the cores, and every one is slower.
     "algorithm": env("CONCURRENCY_LIMIT_ALGORITHM", default="gradient"),
