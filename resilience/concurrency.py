@@ -252,13 +252,15 @@ class ConcurrencyLimiter:
             self.in_flight[level] += 1
             return None
 
-    def release(self, level: str, rtt_s: float | None, started_s: float) -> None:
+    def release(self, level: str, rtt_s: float | None, started_s: float) -> int:
         """Give the slot back; ``rtt_s`` (served requests only; admitted at ``started_s``
-        on the limiter's clock) feeds the adaptive limit."""
+        on the limiter's clock) feeds the adaptive limit. Returns the limit now, read
+        under the lock (reading it may end a minRTT measurement whose time is up)."""
         with self._lock:
             self.in_flight[level] -= 1
             if rtt_s is not None and self.cfg.mode == "adaptive":
                 self.gradient.sample(rtt_s, started_s)
+            return self.limit
 
 
 def limiter() -> ConcurrencyLimiter:
@@ -321,9 +323,9 @@ class ConcurrencyLimitMiddleware:
                 # on a slow provider is held by its bulkhead, and is not overload here.
                 rtt = max(0.0, time.monotonic() - started - waited[0])
                 state = limiter()
-                state.release(level, rtt if served else None, started)
+                limit = state.release(level, rtt if served else None, started)
                 metrics.CONCURRENCY_IN_FLIGHT.dec()
-                _export(state)
+                _export(state, limit)
 
     def process_view(self, request: HttpRequest, view_func: Any, *_: Any) -> HttpResponse | None:
         cfg = config()
@@ -343,9 +345,9 @@ class ConcurrencyLimitMiddleware:
         return None
 
 
-def _export(state: ConcurrencyLimiter) -> None:
+def _export(state: ConcurrencyLimiter, limit: int) -> None:
     """The limit and the latencies it follows, for the dashboard and the alert."""
-    metrics.CONCURRENCY_LIMIT.set(state.limit)
+    metrics.CONCURRENCY_LIMIT.set(limit)
     if state.gradient.short_rtt is not None:
         metrics.CONCURRENCY_RTT.labels("short").set(state.gradient.short_rtt)
         metrics.CONCURRENCY_RTT.labels("long").set(state.gradient.long_rtt or 0.0)
