@@ -140,6 +140,7 @@ def refuse_to_start_on_errors() -> None:
 def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
     """``RESILIENCE_CONCURRENCY``: a known mode, sane bounds, shares that fit the limit."""
     from resilience.concurrency import PRIORITIES
+    from resilience.concurrency_limits import ALGORITHMS
 
     raw = getattr(settings, "RESILIENCE_CONCURRENCY", None)
     if not isinstance(raw, dict):
@@ -147,9 +148,9 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
     problems = []
     if raw.get("mode") not in ("adaptive", "static"):
         problems.append(f"mode must be 'adaptive' or 'static', not {raw.get('mode')!r}")
-    if raw.get("algorithm") not in ("gradient", "gradient2"):
+    if raw.get("algorithm") not in ALGORITHMS:
         problems.append(
-            f"algorithm must be 'gradient' or 'gradient2', not {raw.get('algorithm')!r}"
+            f"algorithm must be one of {list(ALGORITHMS)}, not {raw.get('algorithm')!r}"
         )
     min_rtt = raw.get("min_rtt", {})
     if not (

@@ -27,6 +27,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+ALGORITHMS = ("gradient", "gradient2")  # CONCURRENCY_LIMIT_ALGORITHM
 LONG_RTT_WARMUP_WINDOWS = 10
 GRADIENT_BOUNDS = (0.5, 2.0)  # Envoy's: halve the limit at most, double it at most
 WINDOWS_AT_MINIMUM_BEFORE_REMEASURING = 5  # Envoy's

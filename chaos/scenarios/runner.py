@@ -38,6 +38,7 @@ from chaos.scenarios.traffic import (
     make_users,
     orders_by_key,
 )
+from resilience.concurrency_limits import percentile as nearest_rank
 
 STEADY_TIMEOUT_S = 60.0
 VERIFY_TIMEOUT_S = 60.0  # to find every confirmed order once the fault is healed
@@ -102,11 +103,8 @@ class RunContext:
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+    """Nearest-rank percentile (the limiter's own); None for no values."""
+    return nearest_rank(values, fraction) if values else None
 
 
 def _simulator_calls(endpoints: Endpoints, name: str | None) -> int | None:
@@ -654,6 +652,8 @@ def class_figures(ctx: RunContext) -> dict[str, dict[str, Any]]:
 
 
 def summarise(ctx: RunContext) -> dict[str, Any]:
+    from resilience.concurrency import SHED_REASONS
+
     samples = ctx.samples
     fault = ctx.during_fault()
     sent = [s for s in samples if s.status != NOT_SENT]
@@ -723,7 +723,7 @@ def summarise(ctx: RunContext) -> dict[str, Any]:
         # Why the load shedder refused what it refused (adr/0010), whole run.
         "shed_by_reason": {
             reason: delta("resilience_concurrency_shed_total", reason=reason)
-            for reason in ("limit", "priority", "queue_time")
+            for reason in SHED_REASONS
         },
         "retries": delta("resilience_retry_retries_total", dependency="payments"),
         "retry_budget_exhausted": delta(
