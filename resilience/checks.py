@@ -140,7 +140,7 @@ def refuse_to_start_on_errors() -> None:
 def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
     """``RESILIENCE_CONCURRENCY``: a known mode, sane bounds, shares that fit the limit."""
     from resilience.concurrency import PRIORITIES
-    from resilience.concurrency_limits import ALGORITHMS
+    from resilience.concurrency_limits import ALGORITHMS, RTT_STATISTICS
 
     raw = getattr(settings, "RESILIENCE_CONCURRENCY", None)
     if not isinstance(raw, dict):
@@ -168,6 +168,8 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
         )
     if not 0 < raw.get("gradient", {}).get("rtt_percentile", 0) <= 1:
         problems.append("gradient.rtt_percentile must be in (0, 1]")
+    if raw.get("gradient", {}).get("rtt_statistic") not in RTT_STATISTICS:
+        problems.append(f"gradient.rtt_statistic must be one of {list(RTT_STATISTICS)}")
     low, start, high = raw.get("min_limit"), raw.get("initial_limit"), raw.get("max_limit")
     if not all(isinstance(v, int) for v in (low, start, high)) or not 1 <= low <= start <= high:
         problems.append("limits must be whole numbers with 1 <= min <= initial <= max")

@@ -109,6 +109,7 @@ class Config:
     min_window_samples: int
     long_window_samples: int
     queue_size: float
+    rtt_statistic: str  # mean | percentile (then rtt_percentile)
     rtt_percentile: float
     min_rtt_interval_s: float
     min_rtt_jitter: float
@@ -151,6 +152,7 @@ def _build_config() -> Config:
         min_window_samples=gradient["min_window_samples"],
         long_window_samples=gradient["long_window_samples"],
         queue_size=gradient["queue_size"],
+        rtt_statistic=gradient["rtt_statistic"],
         rtt_percentile=gradient["rtt_percentile"],
         min_rtt_interval_s=min_rtt["interval_s"],
         min_rtt_jitter=min_rtt["jitter"],

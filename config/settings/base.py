@@ -614,7 +614,7 @@ RESILIENCE_CONCURRENCY = {
     "static_limit": env("CONCURRENCY_STATIC_LIMIT", default=WEB_THREADS, cast=int),
     # The adaptive limit: Envoy's gradient controller. Per window of completed requests,
     # limit x clamp(minRTT x (1 + buffer) / sampleRTT, 0.5, 2) + sqrt(limit), where
-    # sampleRTT is the window's rtt_percentile and minRTT the same percentile of
+    # sampleRTT is the window's mean latency and minRTT the mean of
     # min_rtt.requests requests run with the limit pinned to min_rtt.concurrency, measured
     # every interval_s (plus up to jitter x interval_s); once the limit has sat at
     # min_limit for 5 windows, the last window's sampleRTT becomes minRTT. A reference
@@ -640,6 +640,10 @@ RESILIENCE_CONCURRENCY = {
     # limit x clamp(tolerance x long / short RTT, 0.5, 1) + min(queue_size, sqrt(limit)),
     # smoothed; the long RTT is an exponential average over long_window_samples windows.
     "gradient": {
+        # Means, not medians: the median of a mix of cheap reads and tenfold dearer order
+        # creations falls on either side by chance, and the limit swung with it (adr/0010).
+        # "percentile" uses rtt_percentile instead (Envoy's default: the median).
+        "rtt_statistic": env("CONCURRENCY_RTT_STATISTIC", default="mean"),
         "rtt_percentile": env("CONCURRENCY_RTT_PERCENTILE", default=0.5, cast=float),
         "tolerance": env("CONCURRENCY_RTT_TOLERANCE", default=1.5, cast=float),
         "smoothing": env("CONCURRENCY_SMOOTHING", default=0.5, cast=float),

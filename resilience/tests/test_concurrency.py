@@ -169,6 +169,43 @@ def test_a_limit_held_at_its_minimum_measures_min_rtt_again(cfg):
     assert run_windows(limit, clock, 0.100, 10)[-1] == cfg.max_limit
 
 
+READ_S, ORDER_S = 0.25, 0.90  # postgres-slow: a read and an order creation
+MORE_READS = [READ_S, READ_S, READ_S, ORDER_S, ORDER_S]  # median: a read
+MORE_ORDERS = [READ_S, READ_S, ORDER_S, ORDER_S, ORDER_S]  # median: an order
+
+
+def mixed_windows(limit, clock: Clock, windows: int) -> list[float]:
+    """Windows of half reads, half tenfold dearer orders, one more of either by turns."""
+    seen = []
+    for i in range(windows):
+        for rtt in MORE_READS if i % 2 else MORE_ORDERS:
+            limit.sample(rtt, clock.now)
+        clock.now += limit.cfg.window_s
+        seen.append(limit.limit)
+    return seen
+
+
+@pytest.mark.parametrize("statistic", ["mean", "percentile"])
+def test_a_mix_of_cheap_and_dear_routes_holds_the_limit_steady_with_the_mean(cfg, statistic):
+    """The latency does not depend on the limit here (every request waits on a slow
+    Postgres): the limit must stay at the threads. The windows' medians flip between a
+    read and an order, and a median-based gradient halves the limit on every other one;
+    their means move by a quarter, inside the buffer."""
+    cfg = dataclasses.replace(cfg, rtt_statistic=statistic)
+    clock = Clock()
+    limit = MinRttGradientLimit(cfg, clock=clock, jitter=lambda: 0.0)
+    for _ in range(WARM_UP_REQUESTS + 1):
+        limit.sample(READ_S, clock.now)
+    for rtt in (MORE_READS + MORE_ORDERS) * 2:  # the measurement: the same mix
+        limit.sample(rtt, clock.now)
+    assert not limit.measuring
+    seen = mixed_windows(limit, clock, 40)
+    if statistic == "mean":
+        assert min(seen[5:]) == cfg.max_limit
+    else:
+        assert min(seen[5:]) <= cfg.max_limit / 2
+
+
 def test_min_rtt_is_measured_again_every_interval(cfg):
     clock = Clock()
     limit = measured(cfg, clock, 0.010)
