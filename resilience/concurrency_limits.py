@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,6 +33,14 @@ ALGORITHMS = ("gradient", "gradient2")  # CONCURRENCY_LIMIT_ALGORITHM
 LONG_RTT_WARMUP_WINDOWS = 10
 GRADIENT_BOUNDS = (0.5, 2.0)  # Envoy's: halve the limit at most, double it at most
 WINDOWS_AT_MINIMUM_BEFORE_REMEASURING = 5  # Envoy's
+# The relief test: once the limit has been cut to half of where a dive began, requests
+# admitted since the first cut (at least 2 windows' worth) are compared with the window
+# that began it. Queueing in the process makes them faster (latency follows what is in
+# flight: at least 2x, measured with the GIL); still this slow, the latency came from
+# elsewhere (a slow Postgres), and it becomes minRTT instead of the dive going on.
+RELIEF_CUT = 0.5
+NO_RELIEF_RATIO = 0.8
+DIVE_SAMPLES_KEPT = 64
 # A new process's first requests pay for lazy imports and new connections (measured: a
 # first minRTT of 50 ms against 6 ms a minute later): the first measurement waits.
 WARM_UP_REQUESTS = 100
@@ -111,6 +120,8 @@ class MinRttGradientLimit:
         self.short_rtt: float | None = None
         self._windows = _Windows(cfg, clock)
         self._at_minimum = 0
+        self._dive: _Dive | None = None
+        self.rebased_without_relief = 0
         self._served = 0
         self._next_measurement = clock()
         self._measuring_since: float | None = None
@@ -153,9 +164,11 @@ class MinRttGradientLimit:
             if done or now - self._measuring_since >= self.cfg.min_rtt_max_s:
                 self._finish_measuring(now)
             return
+        if self._dive is not None and started_s >= self._dive.since:
+            self._dive.after.append(rtt_s)
         window = self._windows.add(rtt_s)
         if window is not None and self.min_rtt is not None:
-            self._update(typical_rtt(window, self.cfg))
+            self._update(typical_rtt(window, self.cfg), now)
 
     def _start_measuring(self, now: float) -> None:
         self._measuring_since = now
@@ -173,6 +186,7 @@ class MinRttGradientLimit:
         self._measuring_since = None
         self._measured = []
         self._at_minimum = 0
+        self._dive = None
         self._windows.restart()
         if self.min_rtt is None:
             return  # nothing measured yet (no request finished): measure again at once
@@ -180,16 +194,19 @@ class MinRttGradientLimit:
         spread = self.cfg.min_rtt_interval_s * self.cfg.min_rtt_jitter * self._jitter()
         self._next_measurement = now + self.cfg.min_rtt_interval_s + spread
 
-    def _update(self, sample_rtt: float) -> None:
+    def _update(self, sample_rtt: float, now: float) -> None:
         cfg = self.cfg
         self.short_rtt = sample_rtt
         reference = self.min_rtt * (1 + cfg.min_rtt_buffer)
         low, high = GRADIENT_BOUNDS
         gradient = max(low, min(high, reference / max(sample_rtt, 1e-6)))
         scaled = self._estimate * gradient
+        before = self._estimate
         self._estimate = max(
             float(cfg.min_limit), min(float(cfg.max_limit), scaled + math.sqrt(scaled))
         )
+        if self._relief_test(before, sample_rtt, now):
+            return
         # A limit held at its floor may be chasing a reference that no longer holds
         # (the node got slower for everyone). Envoy measures minRTT again then; at the
         # floor the live windows already run at about the pin's concurrency, so their
@@ -203,6 +220,49 @@ class MinRttGradientLimit:
             self.min_rtt = sample_rtt
             self.measurements += 1
             self._at_minimum = 0
+
+    def _relief_test(self, before: float, sample_rtt: float, now: float) -> bool:
+        """Did cutting the limit make requests faster? True when it did not, and the
+        latency they still take became minRTT (the limit then grows back at once).
+
+        Envoy's answer to a latency that fewer requests cannot mend is the floor and a
+        new measurement (kept below): in postgres-slow the dive from the threads to the
+        floor, 5 windows there and the way back took 6 s, shedding a third of what the
+        unprotected service served. Only requests admitted after the first cut count:
+        those that finish just after it ran beside all the others.
+        """
+        dive = self._dive
+        if dive is None:
+            if self._estimate < before:
+                self._dive = _Dive(since=now, from_limit=before, rtt=sample_rtt)
+            return False
+        if self._estimate >= dive.from_limit:
+            self._dive = None  # back up without a test: the dive is over
+            return False
+        cut = self._estimate <= RELIEF_CUT * dive.from_limit
+        if not cut or len(dive.after) < 2 * self.cfg.min_window_samples:
+            return False
+        self._dive = None
+        admitted_lower = typical_rtt(list(dive.after), self.cfg)
+        if admitted_lower < NO_RELIEF_RATIO * dive.rtt:
+            return False  # relief: the process was queueing, the cut was right
+        self.min_rtt = admitted_lower
+        self.measurements += 1
+        self.rebased_without_relief += 1
+        self._at_minimum = 0
+        return True
+
+
+class _Dive:
+    """A run of cuts of the limit: when it began, from where, at what latency, and the
+    latencies of the requests admitted since."""
+
+    def __init__(self, *, since: float, from_limit: float, rtt: float) -> None:
+        self.since = since
+        self.from_limit = from_limit
+        self.rtt = rtt
+        # The latest only: a limit that hovers just below where it dipped keeps a dive open.
+        self.after: deque[float] = deque(maxlen=DIVE_SAMPLES_KEPT)
 
 
 class Gradient2Limit:

@@ -123,24 +123,40 @@ def test_a_measurement_cut_short_by_its_time_still_sets_min_rtt(cfg):
     assert limit.min_rtt == pytest.approx(0.750)
 
 
+def queueing(limit, clock: Clock, windows: int, *, overlaps: float = 3) -> list[float]:
+    """A process that overlaps ``overlaps`` requests and queues the rest (latency grows
+    with what it admits), with more traffic than it can take: every slot is filled."""
+    seen = []
+    for _ in range(windows):
+        seen += run_windows(limit, clock, 0.010 * max(1.0, limit.limit / overlaps), 1)
+    return seen
+
+
 def test_the_min_rtt_limit_grows_near_min_rtt_and_shrinks_when_requests_queue(cfg):
     clock = Clock()
     limit = measured(cfg, clock, 0.010)
     grown = run_windows(limit, clock, 0.011, 10)
     assert grown[-1] == cfg.max_limit
-    shrunk = run_windows(limit, clock, 0.040, 10)  # 4x minRTT: queueing in the process
+    shrunk = queueing(limit, clock, 10)  # latency follows what is in flight
     assert shrunk[-1] <= 8
+    assert limit.rebased_without_relief == 0  # the cuts made requests faster
     back = run_windows(limit, clock, 0.011, 10)
     assert back.index(cfg.max_limit) * cfg.window_s <= 2  # seconds to recover
 
 
-def queueing(limit, clock: Clock, windows: int) -> list[float]:
-    """A process that overlaps 3 requests and queues the rest (latency grows with what it
-    admits), with more traffic than it can take: every slot of the limit is filled."""
-    seen = []
-    for _ in range(windows):
-        seen += run_windows(limit, clock, 0.010 * max(1.0, limit.limit / 3), 1)
-    return seen
+def test_a_latency_that_cutting_the_limit_does_not_mend_becomes_min_rtt_at_once(cfg):
+    """Every Postgres round trip slower (postgres-slow): latency rises tenfold whatever
+    is in flight. Once the limit is cut by half and the requests admitted since are no
+    faster, that latency is the new minRTT: the limit goes back up without reaching its
+    floor, instead of shedding for the length of a dive, the floor and the way back."""
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    run_windows(limit, clock, 0.011, 10)
+    seen = run_windows(limit, clock, 0.100, 12)
+    assert limit.rebased_without_relief == 1
+    assert limit.min_rtt == pytest.approx(0.100)
+    assert min(seen) >= cfg.max_limit / 4  # never near the floor
+    assert seen[-1] == cfg.max_limit
 
 
 def test_a_long_overload_cannot_become_the_new_normal_against_a_measured_min_rtt(cfg):
@@ -158,12 +174,14 @@ def test_a_long_overload_cannot_become_the_new_normal_against_a_measured_min_rtt
 
 
 def test_a_limit_held_at_its_minimum_measures_min_rtt_again(cfg):
-    """The node got slower for everyone (another process takes the CPU): fewer requests
-    cannot mend that, so the limit must not stay at its floor shedding for ever."""
+    """Near its floor (too near to be cut by half), the node got slower for everyone
+    (another process takes the CPU): fewer requests cannot mend that, so the limit must
+    not stay at its floor shedding for ever."""
     clock = Clock()
-    limit = measured(cfg, clock, 0.010)
-    seen = run_windows(limit, clock, 0.100, 20)  # 10x: down to the floor, 5 windows there
-    assert math.floor(min(seen)) == cfg.min_limit  # the limit in force
+    limit = measured(dataclasses.replace(cfg, initial_limit=3), clock, 0.010)
+    seen = run_windows(limit, clock, 0.100, 6)  # 10x: to the floor, 5 windows there
+    assert math.floor(max(seen[:4])) == cfg.min_limit  # the limit in force
+    assert limit.rebased_without_relief == 0
     assert limit.measurements == 2
     assert limit.min_rtt == pytest.approx(0.100)
     assert run_windows(limit, clock, 0.100, 10)[-1] == cfg.max_limit
