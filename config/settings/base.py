@@ -616,8 +616,10 @@ RESILIENCE_CONCURRENCY = {
     # limit x clamp(minRTT x (1 + buffer) / sampleRTT, 0.5, 2) + sqrt(limit), where
     # sampleRTT is the window's mean latency and minRTT the mean of
     # min_rtt.requests requests run with the limit pinned to min_rtt.concurrency, measured
-    # every interval_s (plus up to jitter x interval_s); once the limit has sat at
-    # min_limit for 5 windows, the last window's sampleRTT becomes minRTT. A reference
+    # every interval_s (plus up to jitter x interval_s). Sooner when the latency is not
+    # this process's queue: once a dive has cut the limit by half and the requests
+    # admitted since are no faster, their latency becomes minRTT (postgres-slow); once
+    # the limit has sat at min_limit for 5 windows, the last window's does. A reference
     # that is measured, not averaged, cannot drift up during a long overload (Gradient2's
     # long average did, and let the limit grow back into it: adr/0010), and one that rose
     # for a reason fewer requests cannot mend (the worker's catch-up after an outage
