@@ -121,6 +121,9 @@ class MinRttGradientLimit:
         self._windows = _Windows(cfg, clock)
         self._at_minimum = 0
         self._dive: _Dive | None = None
+        # When the limit was last cut, and whether a request admitted since has finished.
+        self._cut_at: float | None = None
+        self._cut_seen = True
         self.rebased_without_relief = 0
         self._served = 0
         self._next_measurement = clock()
@@ -166,6 +169,8 @@ class MinRttGradientLimit:
             return
         if self._dive is not None and started_s >= self._dive.since:
             self._dive.after.append(rtt_s)
+        if self._cut_at is not None and started_s >= self._cut_at:
+            self._cut_seen = True
         window = self._windows.add(rtt_s)
         if window is not None and self.min_rtt is not None:
             self._update(typical_rtt(window, self.cfg), now)
@@ -187,6 +192,7 @@ class MinRttGradientLimit:
         self._measured = []
         self._at_minimum = 0
         self._dive = None
+        self._cut_seen = True
         self._windows.restart()
         if self.min_rtt is None:
             return  # nothing measured yet (no request finished): measure again at once
@@ -200,11 +206,21 @@ class MinRttGradientLimit:
         reference = self.min_rtt * (1 + cfg.min_rtt_buffer)
         low, high = GRADIENT_BOUNDS
         gradient = max(low, min(high, reference / max(sample_rtt, 1e-6)))
+        if gradient < 1 and not self._cut_seen:
+            # At most one cut per round trip, as TCP cuts its window: until a request
+            # admitted after the last cut has finished, the windows only hold requests
+            # admitted before it, and cutting again on them is cutting on old news (with
+            # Postgres 50 ms slower per round trip, four cuts took the limit from the
+            # threads to the floor before the first request admitted under a cut was back).
+            self._relief_test(self._estimate, sample_rtt, now)
+            return
         scaled = self._estimate * gradient
         before = self._estimate
         self._estimate = max(
             float(cfg.min_limit), min(float(cfg.max_limit), scaled + math.sqrt(scaled))
         )
+        if self._estimate < before:
+            self._cut_at, self._cut_seen = now, False
         if self._relief_test(before, sample_rtt, now):
             return
         # A limit held at its floor may be chasing a reference that no longer holds

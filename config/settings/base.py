@@ -619,7 +619,9 @@ RESILIENCE_CONCURRENCY = {
     # every interval_s (plus up to jitter x interval_s). Sooner when the latency is not
     # this process's queue: once a dive has cut the limit by half and the requests
     # admitted since are no faster, their latency becomes minRTT (postgres-slow); once
-    # the limit has sat at min_limit for 5 windows, the last window's does. A reference
+    # the limit has sat at min_limit for 5 windows, the last window's does. The limit is
+    # cut at most once per round trip (not again before a request admitted after the
+    # last cut has finished: the windows before hold only old news). A reference
     # that is measured, not averaged, cannot drift up during a long overload (Gradient2's
     # long average did, and let the limit grow back into it: adr/0010), and one that rose
     # for a reason fewer requests cannot mend (the worker's catch-up after an outage

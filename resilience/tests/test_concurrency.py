@@ -173,6 +173,28 @@ def test_a_long_overload_cannot_become_the_new_normal_against_a_measured_min_rtt
     assert min(late[1]) >= cfg.max_limit * 0.75  # the long average followed the queue
 
 
+def test_the_limit_is_cut_at_most_once_per_round_trip(cfg):
+    """Until a request admitted after a cut has finished, the windows only hold requests
+    admitted before it: they say nothing of the cut, and must not cut again."""
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    admitted_long_ago = clock.now
+    for _ in range(4):
+        clock.now += cfg.window_s
+        for _ in range(cfg.min_window_samples + 1):
+            limit.sample(1.0, admitted_long_ago)  # slow, all admitted before any cut
+    once = limit.limit
+    assert once < cfg.initial_limit
+    assert once > cfg.initial_limit / 2  # one cut, not four
+    clock.now += cfg.window_s
+    limit.sample(1.0, clock.now)  # the first request admitted after the cut is back
+    for _ in range(cfg.min_window_samples):
+        limit.sample(1.0, admitted_long_ago)
+    clock.now += cfg.window_s
+    limit.sample(1.0, admitted_long_ago)
+    assert limit.limit < once  # now it may cut again
+
+
 def test_a_limit_held_at_its_minimum_measures_min_rtt_again(cfg):
     """Near its floor (too near to be cut by half), the node got slower for everyone
     (another process takes the CPU): fewer requests cannot mend that, so the limit must
