@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 ALGORITHMS = ("gradient", "gradient2")  # CONCURRENCY_LIMIT_ALGORITHM
@@ -54,7 +54,7 @@ class Limit(Protocol):
     def sample(self, rtt_s: float, started_s: float) -> None: ...
 
 
-def percentile(values: list[float], fraction: float) -> float:
+def percentile(values: Sequence[float], fraction: float) -> float:
     """The ``fraction`` quantile of ``values`` (nearest rank), which must not be empty."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
@@ -63,7 +63,7 @@ def percentile(values: list[float], fraction: float) -> float:
 RTT_STATISTICS = ("mean", "percentile")  # CONCURRENCY_RTT_STATISTIC
 
 
-def typical_rtt(latencies: list[float], cfg: Any) -> float:
+def typical_rtt(latencies: Sequence[float], cfg: Any) -> float:
     """A window's sampleRTT, or a measurement's minRTT: the mean, or rtt_percentile.
 
     The mean by default. This service's routes differ tenfold in cost (an order creation
@@ -212,16 +212,17 @@ class MinRttGradientLimit:
             # admitted before it, and cutting again on them is cutting on old news (with
             # Postgres 50 ms slower per round trip, four cuts took the limit from the
             # threads to the floor before the first request admitted under a cut was back).
-            self._relief_test(self._estimate, sample_rtt, now)
+            self._relief_test(sample_rtt, now, cut_from=None)
             return
         scaled = self._estimate * gradient
         before = self._estimate
         self._estimate = max(
             float(cfg.min_limit), min(float(cfg.max_limit), scaled + math.sqrt(scaled))
         )
-        if self._estimate < before:
+        cut_from = before if self._estimate < before else None
+        if cut_from is not None:
             self._cut_at, self._cut_seen = now, False
-        if self._relief_test(before, sample_rtt, now):
+        if self._relief_test(sample_rtt, now, cut_from=cut_from):
             return
         # A limit held at its floor may be chasing a reference that no longer holds
         # (the node got slower for everyone). Envoy measures minRTT again then; at the
@@ -237,7 +238,7 @@ class MinRttGradientLimit:
             self.measurements += 1
             self._at_minimum = 0
 
-    def _relief_test(self, before: float, sample_rtt: float, now: float) -> bool:
+    def _relief_test(self, sample_rtt: float, now: float, *, cut_from: float | None) -> bool:
         """Did cutting the limit make requests faster? True when it did not, and the
         latency they still take became minRTT (the limit then grows back at once).
 
@@ -245,12 +246,13 @@ class MinRttGradientLimit:
         new measurement (kept below): in postgres-slow the dive from the threads to the
         floor, 5 windows there and the way back took 6 s, shedding a third of what the
         unprotected service served. Only requests admitted after the first cut count:
-        those that finish just after it ran beside all the others.
+        those that finish just after it ran beside all the others. ``cut_from``: the
+        limit before this window cut it (None: no cut).
         """
         dive = self._dive
         if dive is None:
-            if self._estimate < before:
-                self._dive = _Dive(since=now, from_limit=before, rtt=sample_rtt)
+            if cut_from is not None:
+                self._dive = _Dive(since=now, from_limit=cut_from, rtt=sample_rtt)
             return False
         if self._estimate >= dive.from_limit:
             self._dive = None  # back up without a test: the dive is over
@@ -259,7 +261,7 @@ class MinRttGradientLimit:
         if not cut or len(dive.after) < 2 * self.cfg.min_window_samples:
             return False
         self._dive = None
-        admitted_lower = typical_rtt(list(dive.after), self.cfg)
+        admitted_lower = typical_rtt(dive.after, self.cfg)
         if admitted_lower < NO_RELIEF_RATIO * dive.rtt:
             return False  # relief: the process was queueing, the cut was right
         self.min_rtt = admitted_lower
