@@ -138,6 +138,11 @@ RATELIMIT_HEADERS = [
     ),
 ]
 REQUEST_ID_HEADER = _header("X-Request-ID", "The id of this request (echoed if sent valid).")
+SERVER_TIMING_HEADER = _header(
+    "Server-Timing",
+    "Time this request spent on each dependency (W3C Server Timing, milliseconds), e.g. "
+    "`postgres;dur=12.5, redis;dur=0.8`; absent when it called none.",
+)
 RETRY_AFTER = "Retry-After"
 
 
@@ -238,7 +243,12 @@ class ProblemAutoSchema(AutoSchema):
     def get_override_parameters(self) -> list[Any]:
         if getattr(self, "_collecting", False):
             return list(super().get_override_parameters())
-        parameters = [*super().get_override_parameters(), *RATELIMIT_HEADERS, REQUEST_ID_HEADER]
+        parameters = [
+            *super().get_override_parameters(),
+            *RATELIMIT_HEADERS,
+            REQUEST_ID_HEADER,
+            SERVER_TIMING_HEADER,
+        ]
         statuses = self.error_codes()
         retry_statuses = [429, 503] + ([409] if self._is_idempotent() else [])
         parameters.append(

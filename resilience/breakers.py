@@ -39,7 +39,7 @@ import pybreaker
 import redis
 from django.conf import settings
 
-from resilience import metrics, registry
+from resilience import metrics, registry, timing
 from resilience.breaker_state import (
     CLOSED,
     HALF_OPEN,
@@ -214,9 +214,13 @@ class Breaker:
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            self._record(self._is_failure(exc), time.perf_counter() - started, trial)
+            elapsed = time.perf_counter() - started
+            timing.add(self.name, elapsed)
+            self._record(self._is_failure(exc), elapsed, trial)
             raise
-        self._record(False, time.perf_counter() - started, trial)
+        elapsed = time.perf_counter() - started
+        timing.add(self.name, elapsed)
+        self._record(False, elapsed, trial)
         return result
 
     def _sync(self) -> str:

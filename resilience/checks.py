@@ -23,6 +23,7 @@ TOP_LEVEL_KEYS = {
     "dependencies",
     "process_concurrency",
     "bulkhead_reserved_share",
+    "server_timing",
 }
 
 

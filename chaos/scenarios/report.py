@@ -10,7 +10,12 @@ from typing import Any
 
 from chaos.scenarios.faults import LoadSpike
 from chaos.scenarios.observe import BREAKER_STATES
-from chaos.scenarios.runner import RunContext, compare_with_baseline, percentile
+from chaos.scenarios.runner import (
+    RunContext,
+    compare_with_baseline,
+    percentile,
+    slow_after_open_text,
+)
 from chaos.scenarios.traffic import NOT_SENT, Sample
 
 # Status classes of the timeline, bottom to top, with their colours.
@@ -256,12 +261,7 @@ def _slow_line(s: dict[str, Any]) -> str:
     if slow["count"] is None:
         return f"not counted ({slow['source']})"
     opened = s["breaker_first_open_s"] - s["t_inject"]
-    return (
-        f"{slow['count']} slower than {slow['bar_s'] * 1000:.0f} ms (healthy p99 "
-        f"{slow['healthy_p99_s'] * 1000:.0f} ms + {slow['threshold_s'] * 1000:.0f} ms, "
-        f"{slow['source']}), after the breaker first opened {opened:.1f} s into the "
-        f"fault; bound {slow['bound']} (one per web process)"
-    )
+    return f"{slow_after_open_text(slow)}; the breaker first opened {opened:.1f} s into the fault"
 
 
 def _beside(ctx: RunContext, baseline: RunContext) -> list[str]:
@@ -290,8 +290,8 @@ def _beside(ctx: RunContext, baseline: RunContext) -> list[str]:
         )
     lines.append(
         "| requests slower than their healthy p99 + the slow-call threshold after the "
-        "breaker first opened "
-        f"| {found['slow_after_open_resilient']} resilient, "
+        "breaker first opened, as the client saw them "
+        f"| {found['slow_after_open_resilient_client']} resilient, "
         f"{found['slow_after_open_baseline']} baseline (same offset: no breaker there) |"
     )
     return lines

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.scenarios.client import Answer, ChaosError, request
+from resilience import timing
 
 NOT_SENT = -1  # status of a tick the client could not send (too many requests in flight)
 ORDER = {"currency": "EUR", "items": [{"sku": "chaos-widget", "quantity": 1, "unit_price": 1999}]}
@@ -123,6 +124,9 @@ class Sample:
     attempt: int = 1
     error: str | None = None
     code: str | None = None  # the problem+json ``code`` of a refusal (overloaded, ...)
+    # Seconds the server spent on each dependency (its Server-Timing header); None when
+    # the answer carried none (no HTTP answer, no guarded call, or the header is off).
+    dependency_s: dict[str, float] | None = None
 
 
 @dataclass
@@ -312,6 +316,9 @@ class Traffic:
             order_id=str(body["id"]) if answer.status in (200, 201) and "id" in body else None,
             error=answer.error,
             code=body.get("code") if answer.status not in (200, 201) else None,
+            dependency_s=timing.parse(answer.headers["server-timing"])
+            if "server-timing" in answer.headers
+            else None,
         )
         self._record(sample)
         return answer, sample

@@ -318,3 +318,39 @@ def test_slow_after_open_counts_only_requests_that_call_the_dependency():
     assert payments["bar_s"] == pytest.approx(0.7)  # creates' healthy p99 + the threshold
     postgres = slow_after_open(ctx_of("postgres", samples), since=1.5)
     assert postgres["count"] == 3  # every request reads the database; bar 0.3 + 0.5
+
+
+def test_slow_after_open_uses_the_servers_time_on_the_dependency_when_answers_carry_it():
+    """A request slow because it queued or shared the CPU is not one the breaker spares;
+    one that waited on the dependency is, however short its client-side latency bar."""
+    from types import SimpleNamespace
+
+    from chaos.scenarios.runner import slow_after_open
+    from chaos.scenarios.traffic import NOT_SENT, Sample
+
+    stack = SimpleNamespace(policy=lambda _name: {"breaker": {"slow_call_s": 0.5}}, web_workers=2)
+    ctx = SimpleNamespace(
+        scenario=SimpleNamespace(dependency="postgres"),
+        endpoints=SimpleNamespace(settings=stack),
+        t_inject=1.0,
+        t_heal=10.0,
+        samples=[
+            Sample(0.2, 0.2, "create", 201, 1, dependency_s={"postgres": 0.05}),  # healthy
+            Sample(0.3, 0.1, "get", 200, 1, dependency_s={"postgres": 0.02}),  # healthy
+            # After the opening: 2 s late but 10 ms on Postgres (queued): not counted.
+            Sample(2.0, 2.0, "get", 200, 1, dependency_s={"postgres": 0.01, "redis": 0.001}),
+            # A refusal by the breaker: no time on it.
+            Sample(2.5, 0.01, "create", 503, 1, dependency_s={"redis": 0.001}),
+            # Waited 0.8 s on Postgres: counted.
+            Sample(3.0, 0.9, "create", 201, 1, dependency_s={"postgres": 0.8}),
+            # No HTTP answer after 5 s: judged by its latency, counted.
+            Sample(4.0, 5.0, "create", 0, 1, error="timeout"),
+            Sample(4.5, 0.0, "create", NOT_SENT, 1, error="in_flight_cap"),
+        ],
+    )
+    slow = slow_after_open(ctx, since=1.5)
+    assert slow["measure"] == "server"
+    assert slow["wait_bar_s"] == pytest.approx(0.05 + 0.5)
+    assert (slow["count"], slow["by_class"]) == (2, {"orders": 2})
+    assert slow["client_count"] == 3  # the queued read too, as the client saw it
+    assert slow["waits_s"] == [5.0, 0.8]

@@ -67,6 +67,8 @@ MIDDLEWARE = [
     "common.middleware.RequestIdMiddleware",
     "common.middleware.BodySizeLimitMiddleware",
     "resilience.deadline.DeadlineMiddleware",
+    # Server-Timing: the request's time per dependency (every breaker-guarded call).
+    "resilience.timing.ServerTimingMiddleware",
     # Global per-IP flood limit before authentication; also writes the RateLimit fields
     # for the DRF throttles' policies (adr/0004).
     "resilience.ratelimit.middleware.RateLimitMiddleware",
@@ -467,6 +469,10 @@ RESILIENCE = {
         "webhooks": WORKER_WEBHOOKS_CONCURRENCY,
     },
     "bulkhead_reserved_share": env("BULKHEAD_RESERVED_SHARE", default=0.5, cast=float),
+    # Answer each request's time per dependency as a Server-Timing header (names and
+    # milliseconds only; resilience.timing). The chaos reports count from it the user
+    # requests that waited on a dependency after its breaker opened.
+    "server_timing": env("SERVER_TIMING_ENABLED", default=True, cast=bool),
     # Redis that holds shared breaker state (payments, webhook hosts, postgres).
     "breaker_state_redis_url": env("BREAKER_STATE_REDIS_URL", default=REDIS_URL),
     # A process re-reads a shared breaker's state from Redis at most this often on the
