@@ -94,6 +94,11 @@ DEADLINE_EXCEEDED = Counter(
     "Calls not started (or stopped retrying) because the request deadline passed.",
     ["dependency"],
 )
+SOCKET_DEADLINE_EXCEEDED = Counter(
+    "resilience_socket_deadline_exceeded_total",
+    "Driver calls whose socket was shut down at their client-side read deadline (no answer).",
+    ["dependency"],
+)
 DEPENDENCY_CALL_SECONDS = Histogram(
     "resilience_dependency_call_seconds",
     "Duration of one attempt at a dependency, by outcome.",

@@ -34,7 +34,7 @@ from typing import Any
 
 from django.conf import settings
 
-from resilience import metrics
+from resilience import metrics, socket_deadline
 from resilience.policies import DependencyPolicy, get_policy
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,10 @@ def probe_postgres(policy: DependencyPolicy) -> None:
         application_name="resilient-probe",
         autocommit=True,
     ) as connection:
-        connection.execute("SELECT 1")
+        # A network that swallows the answer must not hold the probe thread for good.
+        read_s = policy.timeouts.read_s
+        with socket_deadline.watch(connection.pgconn.socket, read_s, "postgres"):
+            connection.execute("SELECT 1")
 
 
 def probe_redis(policy: DependencyPolicy) -> None:

@@ -47,7 +47,11 @@ def _breaker(b: BreakerPolicy) -> str:
 
 def row(policy: DependencyPolicy) -> str:
     t = policy.timeouts
-    read = t.read_s if t.read_s is not None else t.statement_s
+    if t.read_s is not None and t.statement_s is not None:
+        # Server-side statement timeout, then the client-side read deadline above it.
+        read_cell = f"{_seconds(t.statement_s)} statement, {_seconds(t.read_s)} client"
+    else:
+        read_cell = _seconds(t.read_s if t.read_s is not None else t.statement_s)
     retry = policy.retry
     attempts = str(retry.max_attempts) if retry else "1"
     backoff = f"base {retry.base_s:g} s, cap {retry.cap_s:g} s" if retry else "-"
@@ -59,7 +63,7 @@ def row(policy: DependencyPolicy) -> str:
     )
     breaker = _breaker(policy.breaker) if policy.breaker else "-"
     cells = [
-        policy.name, _seconds(t.connect_s), _seconds(read), _seconds(t.pool_wait_s),
+        policy.name, _seconds(t.connect_s), read_cell, _seconds(t.pool_wait_s),
         _seconds(t.request_budget_s), attempts, backoff, budget, breaker, _bulkhead(policy),
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"

@@ -12,7 +12,12 @@ from chaos.scenarios import overload, refunds, webhooks
 from chaos.scenarios.base import Check, Scenario
 from chaos.scenarios.faults import KillRedis, LoadSpike, ProxyDown, ProxyToxic, SimulatorFaults
 from chaos.scenarios.load import fault_hold
-from chaos.scenarios.runner import RunContext, percentile
+from chaos.scenarios.runner import (
+    RunContext,
+    beats_baseline_check,
+    compare_with_baseline,
+    percentile,
+)
 from chaos.scenarios.traffic import NOT_SENT
 
 
@@ -30,6 +35,45 @@ def _payments_calls_bounded(ctx: RunContext) -> Check:
         "calls reaching payments bounded",
         calls <= max(10, creates),
         f"{calls} calls reached payments for {creates} order requests during the fault",
+    )
+
+
+def _hung(ctx: RunContext) -> list:
+    """Requests of the fault that got no HTTP answer, or one later than the request
+    deadline (a thread waited on a Postgres that never answers)."""
+    stack = ctx.endpoints.settings
+    bound = stack.request_deadline_s if stack is not None else None
+    return [
+        x
+        for x in ctx.during_fault()
+        if x.status == 0 or (x.status > 0 and bound is not None and x.latency_s > bound)
+    ]
+
+
+def _never_hangs(ctx: RunContext) -> Check:
+    """A Postgres that swallows its answers: every request is answered within its deadline."""
+    hung = _hung(ctx)
+    worst = ctx.summary["max_fault_s"]
+    return Check(
+        "no request hangs",
+        not hung,
+        f"{len(hung)} requests unanswered or answered past the request deadline during the "
+        f"fault; slowest answer {'n/a' if worst is None else f'{worst * 1000:.0f} ms'}",
+    )
+
+
+def _answers_what_the_baseline_leaves_hanging(ctx: RunContext, baseline: RunContext) -> Check:
+    """Beside the baseline: the generic comparison, or requests the baseline left hanging
+    (no answer, or past the deadline) while every one of ours was answered in time."""
+    generic = beats_baseline_check(ctx, compare_with_baseline(ctx, baseline))
+    ours, theirs = len(_hung(ctx)), len(_hung(baseline))
+    hangs_fewer = ours == 0 and theirs > 0
+    return Check(
+        "beats the baseline (p99 10x lower, serves what it fails, or answers what it leaves "
+        "hanging)",
+        bool(generic.passed) or hangs_fewer,
+        f"{theirs} baseline requests hung (no answer, or past the deadline) against {ours}; "
+        f"{generic.detail}",
     )
 
 
@@ -155,6 +199,27 @@ SCENARIOS: dict[str, Scenario] = {
             p99_bound_s=2.5,  # pool wait (1 s) until the breaker opens, then fast
             recover_bound_s=20.0,  # breaker reset (5 s by default) plus the trial
             what_users_see="503 problem+json with Retry-After, fast once the breaker is open.",
+        ),
+        Scenario(
+            name="postgres-hang",
+            beats_baseline_by=10.0,
+            summary=(
+                "Postgres swallows every answer (timeout toxic that never closes): a "
+                "partition, where postgres-down is a refusal"
+            ),
+            fault=ProxyToxic("postgres", "timeout", (("timeout", 0),)),
+            beats_baseline=_answers_what_the_baseline_leaves_hanging,
+            extra_checks=(_never_hangs,),
+            dependency="postgres",
+            expect_breaker=True,
+            # The client read deadline (3 s) or the pool wait (1 s) until the breaker
+            # opens, then milliseconds; the request deadline (5 s) above all.
+            p99_bound_s=5.0,
+            recover_bound_s=20.0,  # breaker reset (5 s by default) plus the probe
+            what_users_see=(
+                "503 problem+json with Retry-After: within the read deadline (3 s) until "
+                "the breaker opens, then in milliseconds; never a hang."
+            ),
         ),
         Scenario(
             name="payments-503",

@@ -175,6 +175,12 @@ def fault_hold(scenario: Scenario, stack: StackSettings) -> tuple[float | None, 
             f"{fault.proxy} latency {latency * 1000:g} ms per round trip x about {trips} "
             "round trips per request (estimate)"
         )
+    if isinstance(fault, ProxyToxic) and fault.type == "timeout":
+        held = stack.web_workers * stack.web_threads
+        return None, (
+            f"{fault.description}: a baseline thread waits for an answer that never comes, "
+            f"until the fault heals, so 0 requests/s are left once {held} threads wait"
+        )
     return None, f"{fault.description}: calls fail fast"
 
 

@@ -116,8 +116,10 @@ class Observer:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def observe(self) -> Observation:
-        t = time.monotonic() - self.t0
         metrics = fetch_metrics(self.base_url)
+        # Stamped when the metrics arrived: a scrape can take seconds in a fault (its
+        # gauges query the faulted Postgres), and the state it shows is that late.
+        t = time.monotonic() - self.t0
         status, degraded = fetch_readiness(self.base_url)
         if not metrics:
             return Observation(t, {}, status, degraded)

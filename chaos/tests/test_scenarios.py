@@ -122,6 +122,7 @@ TESTED_SCENARIOS = [
     "redis-kill",
     "postgres-slow",
     "postgres-down",
+    "postgres-hang",
     "payments-503",
     "refunds-payments-503",
     "payments-slow",

@@ -154,6 +154,26 @@ DB_BACKGROUND_POOL_MAX_WAITING = env("DB_BACKGROUND_POOL_MAX_WAITING", default=8
 DB_BACKGROUND_STATEMENT_TIMEOUT_MS = env(
     "DB_BACKGROUND_STATEMENT_TIMEOUT_MS", default=15000, cast=int
 )
+# Client-side read deadlines (resilience/socket_deadline.py): a query, commit or probe
+# with no answer this long after it was sent has its socket shut down, because a
+# network that swallows packets never delivers the statement timeout's error. Above the
+# statement timeout, so a query the server cancels still ends cleanly.
+DB_REQUEST_READ_TIMEOUT_S = env(
+    "DB_REQUEST_READ_TIMEOUT_S", default=DB_REQUEST_STATEMENT_TIMEOUT_MS / 1000 + 1.0, cast=float
+)
+DB_BACKGROUND_READ_TIMEOUT_S = env(
+    "DB_BACKGROUND_READ_TIMEOUT_S",
+    default=DB_BACKGROUND_STATEMENT_TIMEOUT_MS / 1000 + 1.0,
+    cast=float,
+)
+for _read_s, _statement_ms, _name in (
+    (DB_REQUEST_READ_TIMEOUT_S, DB_REQUEST_STATEMENT_TIMEOUT_MS, "DB_REQUEST"),
+    (DB_BACKGROUND_READ_TIMEOUT_S, DB_BACKGROUND_STATEMENT_TIMEOUT_MS, "DB_BACKGROUND"),
+):
+    if _read_s * 1000 <= _statement_ms:
+        raise ImproperlyConfigured(
+            f"{_name}_READ_TIMEOUT_S must be longer than {_name}_STATEMENT_TIMEOUT_MS."
+        )
 DB_LOCK_TIMEOUT_MS = env("DB_LOCK_TIMEOUT_MS", default=1000, cast=int)
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=5000, cast=int)
 # Migrations run without a statement timeout but with a short lock timeout, so a schema
@@ -170,6 +190,7 @@ def database_alias(
     pool_timeout_s: float,
     pool_max_waiting: int,
     statement_timeout_ms: int,
+    read_timeout_s: float,
 ) -> dict:
     """Build one alias of ``DATABASES`` with its own pool and server-side timeouts.
 
@@ -184,6 +205,8 @@ def database_alias(
             "ENGINE": "resilience.db_backend",
             "CONN_MAX_AGE": 0,  # required with a pool: the pool owns connection lifetime
             "CONN_HEALTH_CHECKS": True,  # never hand out a connection killed by a restart
+            # resilience.db_backend's client-side read deadline (not a libpq option).
+            "CLIENT_READ_TIMEOUT_S": read_timeout_s,
             "OPTIONS": {
                 "pool": {
                     "min_size": pool_min,
@@ -215,6 +238,7 @@ DATABASES = {
         pool_timeout_s=DB_REQUEST_POOL_TIMEOUT_S,
         pool_max_waiting=DB_REQUEST_POOL_MAX_WAITING,
         statement_timeout_ms=DB_REQUEST_STATEMENT_TIMEOUT_MS,
+        read_timeout_s=DB_REQUEST_READ_TIMEOUT_S,
     ),
     "background": database_alias(
         url=DATABASE_BACKGROUND_URL,
@@ -224,6 +248,7 @@ DATABASES = {
         pool_timeout_s=DB_BACKGROUND_POOL_TIMEOUT_S,
         pool_max_waiting=DB_BACKGROUND_POOL_MAX_WAITING,
         statement_timeout_ms=DB_BACKGROUND_STATEMENT_TIMEOUT_MS,
+        read_timeout_s=DB_BACKGROUND_READ_TIMEOUT_S,
     ),
 }
 # Same database seen through both aliases in tests; schema migrates only on `default`.
@@ -495,6 +520,8 @@ RESILIENCE = {
                 "connect_s": DB_CONNECT_TIMEOUT_S,
                 "pool_wait_s": DB_REQUEST_POOL_TIMEOUT_S,
                 "statement_s": DB_REQUEST_STATEMENT_TIMEOUT_MS / 1000,
+                # Client-side: no answer this long after a query was sent shuts its socket.
+                "read_s": DB_REQUEST_READ_TIMEOUT_S,
             },
             # Only connection-level failures and timeouts count (resilience.db). Every
             # query is a call, so a healthy request adds several successes and a failing

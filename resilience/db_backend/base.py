@@ -1,17 +1,51 @@
-"""The Django PostgreSQL backend with the ``postgres`` circuit breaker built in."""
+"""The Django PostgreSQL backend with the ``postgres`` circuit breaker built in.
+
+Every query, commit and rollback also has a client-side read deadline (the alias's
+``CLIENT_READ_TIMEOUT_S``, above its statement timeout): a network that swallows the
+answer would otherwise hold the thread for minutes (``resilience.socket_deadline``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+from psycopg_pool import ConnectionPool
 
+from resilience import metrics, socket_deadline
 from resilience.breakers import breaker
+
+# Exported from 0 by every process that talks to Postgres, so rate() sees the first one.
+metrics.SOCKET_DEADLINE_EXCEEDED.labels("postgres")
+
+
+def _socket_of(connection: psycopg.Connection) -> int | None:
+    """The connection's socket, or None when it is closed or broken (then the call fails
+    on its own, at once)."""
+    if connection.closed:
+        return None
+    try:
+        return connection.pgconn.socket
+    except psycopg.Error:
+        return None
+
+
+def _deadlined_check(deadline_s: float | None):
+    def check(connection: psycopg.Connection) -> None:
+        with socket_deadline.watch(_socket_of(connection), deadline_s, "postgres"):
+            ConnectionPool.check_connection(connection)
+
+    return check
 
 
 def _guarded_execute(execute, sql, params, many, context):
-    return breaker("postgres").call(execute, sql, params, many, context)
+    connection = context["connection"]
+    with connection.read_deadline():
+        return breaker("postgres").call(execute, sql, params, many, context)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -22,7 +56,63 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if settings.RESILIENCE_ENABLED:
             self.execute_wrappers.append(_guarded_execute)
 
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """Django's pool (5.2's code), but its checkout check has a read deadline.
+
+        psycopg_pool checks a pooled connection with an empty query before handing it
+        out, on the caller's thread; Django passes the plain ``check_connection``, which
+        a swallowed answer blocks for good, and takes no check of ours (it always passes
+        ``check=`` itself). The check gets the pool wait as its deadline.
+        """
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        if not settings.RESILIENCE_ENABLED or self.alias == NO_DB_ALIAS or not pool_options:
+            return super().pool
+        if self.alias not in self._connection_pools:
+            if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+                raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
+            options = {} if pool_options is True else dict(pool_options)
+            connect_kwargs = self.get_connection_params()
+            connect_kwargs["autocommit"] = True  # as Django: it sets the mode later on
+            check = None
+            if self.settings_dict["CONN_HEALTH_CHECKS"]:
+                deadline_s = options.get("timeout", self.settings_dict.get("CLIENT_READ_TIMEOUT_S"))
+                check = _deadlined_check(deadline_s)
+            pool = ConnectionPool(
+                kwargs=connect_kwargs,
+                open=False,
+                configure=self._configure_connection,
+                check=check,
+                **options,
+            )
+            self._connection_pools.setdefault(self.alias, pool)
+        return self._connection_pools[self.alias]
+
+    def _configure_connection(self, connection: psycopg.Connection) -> Any:
+        # Run by the pool's own threads on every new connection (time zone, role).
+        timeout_s = self.settings_dict.get("CLIENT_READ_TIMEOUT_S")
+        if not settings.RESILIENCE_ENABLED:
+            return super()._configure_connection(connection)
+        with socket_deadline.watch(_socket_of(connection), timeout_s, "postgres"):
+            return super()._configure_connection(connection)
+
+    def read_deadline(self):
+        """Bound the next exchange on this connection's socket (nothing without one)."""
+        timeout_s = self.settings_dict.get("CLIENT_READ_TIMEOUT_S")
+        raw = self.connection
+        fd = _socket_of(raw) if settings.RESILIENCE_ENABLED and raw is not None else None
+        return socket_deadline.watch(fd, timeout_s, "postgres")
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not settings.RESILIENCE_ENABLED:
             return super().get_new_connection(conn_params)
         return breaker("postgres").call(super().get_new_connection, conn_params)
+
+    # COMMIT and ROLLBACK go to psycopg directly, not through the execute wrappers.
+    def _commit(self) -> None:
+        with self.read_deadline():
+            super()._commit()
+
+    def _rollback(self) -> None:
+        with self.read_deadline():
+            super()._rollback()
