@@ -14,6 +14,9 @@ ALLOWED_FILES = {
     # The SSRF guard: resolves hosts (socket) and builds requests-hardened sessions that
     # the resilient client then uses; it makes no call of its own.
     "resilience/ssrf.py",
+    # The client-side read deadline: shuts down the socket of a Postgres call past its
+    # deadline (a duplicate of the driver's descriptor); it opens and sends nothing.
+    "resilience/socket_deadline.py",
 }
 
 
