@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from resilience import metrics
 
@@ -48,7 +48,6 @@ class SocketWatchdog:
         self._lock = threading.Lock()
         self._calls: dict[int, tuple[float, int, str]] = {}
         self._tokens = itertools.count()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
 
@@ -65,10 +64,6 @@ class SocketWatchdog:
             with self._lock:
                 self._calls.pop(token, None)
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._calls)
-
     def _ensure_thread(self) -> None:
         # Under the lock. A forked child (gunicorn, Celery prefork) starts its own.
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
@@ -79,7 +74,7 @@ class SocketWatchdog:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.tick_s)
+            time.sleep(self.tick_s)
             now = time.monotonic()
             expired = []
             with self._lock:
@@ -116,10 +111,5 @@ WATCHDOG = SocketWatchdog()
 def watch(fd: int | None, timeout_s: float | None, dependency: str):
     """:meth:`SocketWatchdog.watch` of the process, or nothing without a socket or bound."""
     if fd is None or fd < 0 or timeout_s is None:
-        return _nothing()
+        return nullcontext()
     return WATCHDOG.watch(fd, timeout_s, dependency)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

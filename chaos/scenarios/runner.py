@@ -619,9 +619,12 @@ def slow_after_open(ctx: RunContext, since: float | None) -> dict[str, Any]:
         waits = [(s.dependency_s or {}).get(dependency, 0.0) for s in steady]
         healthy_wait_p99 = percentile(waits, 0.99) or 0.0
         wait_bar = healthy_wait_p99 + threshold
-        slow = [s for s in after_open if _waited_s(s, dependency, bar) > wait_bar]
+        waited = [(s, _waited_s(s, dependency, bar)) for s in after_open]
+        slow_waits = [(s, w) for s, w in waited if w > wait_bar]
     else:
-        healthy_wait_p99, wait_bar, slow = None, None, client_slow
+        healthy_wait_p99, wait_bar = None, None
+        slow_waits = [(s, s.latency_s) for s in client_slow]
+    slow = [s for s, _ in slow_waits]
     return {
         "count": len(slow),
         "measure": "server" if server_timed else "client",
@@ -631,9 +634,7 @@ def slow_after_open(ctx: RunContext, since: float | None) -> dict[str, Any]:
         "bar_s": bar,
         "healthy_wait_p99_s": healthy_wait_p99,
         "wait_bar_s": wait_bar,
-        "waits_s": sorted((round(_waited_s(s, dependency, bar), 3) for s in slow), reverse=True)[
-            :10
-        ],
+        "waits_s": sorted((round(w, 3) for _, w in slow_waits), reverse=True)[:10],
         "source": source,
         "since": since,
         "by_class": dict(Counter(ENDPOINT_CLASSES.get(s.op, s.op) for s in slow)),

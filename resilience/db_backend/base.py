@@ -90,17 +90,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _configure_connection(self, connection: psycopg.Connection) -> Any:
         # Run by the pool's own threads on every new connection (time zone, role).
-        timeout_s = self.settings_dict.get("CLIENT_READ_TIMEOUT_S")
-        if not settings.RESILIENCE_ENABLED:
-            return super()._configure_connection(connection)
-        with socket_deadline.watch(_socket_of(connection), timeout_s, "postgres"):
+        with self.read_deadline(connection):
             return super()._configure_connection(connection)
 
-    def read_deadline(self):
-        """Bound the next exchange on this connection's socket (nothing without one)."""
-        timeout_s = self.settings_dict.get("CLIENT_READ_TIMEOUT_S")
-        raw = self.connection
+    def read_deadline(self, raw: psycopg.Connection | None = None):
+        """Bound the next exchange on ``raw`` (default: this wrapper's connection)
+        by ``CLIENT_READ_TIMEOUT_S``; nothing without a socket, or with resilience off."""
+        raw = raw if raw is not None else self.connection
         fd = _socket_of(raw) if settings.RESILIENCE_ENABLED and raw is not None else None
+        timeout_s = self.settings_dict.get("CLIENT_READ_TIMEOUT_S")
         return socket_deadline.watch(fd, timeout_s, "postgres")
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
