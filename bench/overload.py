@@ -2,7 +2,8 @@
 
 One gunicorn (the shipped ``WEB_WORKERS`` x ``WEB_THREADS``, payments simulator in its own
 process) per configuration: load shedding as shipped (adaptive limit: Envoy's gradient
-against a measured minRTT), the same with Netflix's Gradient2, a static limit (= threads)
+against a measured minRTT, adaptive LIFO thread queue), the same with gunicorn's FIFO thread
+queue, the same with Netflix's Gradient2, a static limit (= threads)
 and no shedding at all. The load is open loop (requests leave on schedule
 whatever the server does; latency counts from the scheduled time, so a queue is never
 hidden), bounded in count and time, from ``USERS`` accounts each behind its own
@@ -271,6 +272,8 @@ def server(mode: str, payments_url: str, workdir: Path, *, name: str | None = No
         # "adaptive" is the shipped algorithm (Envoy's minRTT gradient); Netflix's Gradient2
         # runs beside it for comparison (adr/0010).
         CONCURRENCY_LIMIT_ALGORITHM="gradient2" if mode == "gradient2" else "gradient",
+        # The shipped adaptive LIFO thread queue, or gunicorn's FIFO one to show what it adds.
+        CONCURRENCY_THREAD_QUEUE="fifo" if mode == "adaptive-fifo" else "adaptive_lifo",
     )
     return port, running(GUNICORN_COMMAND, env=env, log_path=workdir / f"web-{name}.log")
 
@@ -482,7 +485,7 @@ def main() -> None:
                 flush=True,
             )
             mode_phases, recovery = {}, {}
-            for mode in ("adaptive", "gradient2", "static", "off"):
+            for mode in ("adaptive", "adaptive-fifo", "gradient2", "static", "off"):
                 phases, found = run_mode(mode, payments_url, clients, workdir, rate)
                 mode_phases[mode] = phases
                 recovery = recovery or found

@@ -142,17 +142,30 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
     """``RESILIENCE_CONCURRENCY``: a known mode, sane bounds, shares that fit the limit."""
     from resilience.concurrency import PRIORITIES
     from resilience.concurrency_limits import ALGORITHMS, RTT_STATISTICS
+    from resilience.request_queue import ORDERS as QUEUE_ORDERS
 
     raw = getattr(settings, "RESILIENCE_CONCURRENCY", None)
     if not isinstance(raw, dict):
         return [Error("settings.RESILIENCE_CONCURRENCY must be a dict.", id="resilience.E010")]
-    problems = []
-    if raw.get("mode") not in ("adaptive", "static"):
-        problems.append(f"mode must be 'adaptive' or 'static', not {raw.get('mode')!r}")
-    if raw.get("algorithm") not in ALGORITHMS:
-        problems.append(
-            f"algorithm must be one of {list(ALGORITHMS)}, not {raw.get('algorithm')!r}"
+    problems = [
+        f"{key} must be one of {list(known)}, not {value!r}"
+        for key, value, known in (
+            ("mode", raw.get("mode"), ("adaptive", "static")),
+            ("algorithm", raw.get("algorithm"), ALGORITHMS),
+            (
+                "gradient.rtt_statistic",
+                raw.get("gradient", {}).get("rtt_statistic"),
+                RTT_STATISTICS,
+            ),
+            ("default_priority", raw.get("default_priority"), PRIORITIES),
+            (
+                "standing_queue.thread_queue",
+                raw.get("standing_queue", {}).get("thread_queue"),
+                QUEUE_ORDERS,
+            ),
         )
+        if value not in known
+    ]
     min_rtt = raw.get("min_rtt", {})
     if not (
         min_rtt.get("interval_s", 0) > min_rtt.get("max_s", 0) > 0
@@ -169,8 +182,6 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
         )
     if not 0 < raw.get("gradient", {}).get("rtt_percentile", 0) <= 1:
         problems.append("gradient.rtt_percentile must be in (0, 1]")
-    if raw.get("gradient", {}).get("rtt_statistic") not in RTT_STATISTICS:
-        problems.append(f"gradient.rtt_statistic must be one of {list(RTT_STATISTICS)}")
     low, start, high = raw.get("min_limit"), raw.get("initial_limit"), raw.get("max_limit")
     if not all(isinstance(v, int) for v in (low, start, high)) or not 1 <= low <= start <= high:
         problems.append("limits must be whole numbers with 1 <= min <= initial <= max")
@@ -183,6 +194,4 @@ def check_concurrency_settings(app_configs, **kwargs) -> list[Error]:
         problems.append("the priority shares add up to more than the whole limit")
     elif any(not 0 < c["standing_queue_budget_s"] <= c["queue_budget_s"] for c in classes.values()):
         problems.append("every priority needs 0 < standing_queue_budget_s <= queue_budget_s")
-    if raw.get("default_priority") not in PRIORITIES:
-        problems.append(f"default_priority must be one of {list(PRIORITIES)}")
     return [Error(f"RESILIENCE_CONCURRENCY: {p}.", id="resilience.E011") for p in problems]

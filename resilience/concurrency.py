@@ -61,9 +61,16 @@ V = TypeVar("V")
 _queue_wait = threading.local()
 
 
-def set_queue_wait(seconds: float | None) -> None:
-    """Record how long the current thread's request waited before it ran (server hook)."""
+def set_queue_wait(seconds: float | None, queue_age: float | None = None) -> None:
+    """Record how long the current thread's request waited before it ran, and the age of
+    the queue then (the oldest request's wait), as the server's thread queue saw them."""
     _queue_wait.seconds = seconds
+    _queue_wait.queue_age = queue_age
+
+
+def queue_age_s() -> float | None:
+    """The age of the server's thread queue when this request left it, if measured."""
+    return getattr(_queue_wait, "queue_age", None)
 
 
 def priority(default: str, **by_method: str) -> Callable[[V], V]:
@@ -122,6 +129,7 @@ class Config:
     standing_queue_budgets_s: dict[str, float]
     queue_empty_s: float
     standing_after_s: float
+    thread_queue: str  # adaptive_lifo | fifo (resilience.request_queue)
     default_priority: str
     exempt_paths: tuple[str, ...]
     retry_after_s: float
@@ -167,6 +175,7 @@ def _build_config() -> Config:
         },
         queue_empty_s=raw["standing_queue"]["empty_below_s"],
         standing_after_s=raw["standing_queue"]["after_s"],
+        thread_queue=raw["standing_queue"]["thread_queue"],
         default_priority=raw["default_priority"],
         exempt_paths=tuple(raw["exempt_paths"]),
         retry_after_s=raw["retry_after_s"],
@@ -190,10 +199,15 @@ class QueueWatch:
         self._clock = clock
         self.last_empty = clock()
 
-    def budget(self, level: str, waited: float) -> float:
-        """Note ``waited``; the queue budget of a ``level`` request now."""
+    def budget(self, level: str, waited: float, queue_age: float | None = None) -> float:
+        """Note a look at the queue; the queue budget of a ``level`` request now.
+
+        The look is ``queue_age`` (the oldest wait in the thread queue when this request
+        left it) when the server measured it, else the request's own wait: with adaptive
+        LIFO the newest request waits for nothing while older ones stand behind it.
+        """
         now = self._clock()
-        if waited < self.cfg.queue_empty_s:
+        if (waited if queue_age is None else queue_age) < self.cfg.queue_empty_s:
             self.last_empty = now  # a float store: atomic, no lock needed
         if now - self.last_empty > self.cfg.standing_after_s:
             return self.cfg.standing_queue_budgets_s[level]
@@ -336,7 +350,7 @@ class ConcurrencyLimitMiddleware:
         level = priority_of(view_func, request.method or "GET")
         state = limiter()
         waited = queue_wait_s(request)
-        if waited is not None and waited > state.queue.budget(level, waited):
+        if waited is not None and waited > state.queue.budget(level, waited, queue_age_s()):
             return shed(request, ShedDecision("queue_time", level))
         refusal = state.try_acquire(level)
         if refusal is not None:

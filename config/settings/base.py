@@ -722,6 +722,12 @@ RESILIENCE_CONCURRENCY = {
         "empty_below_s": env("CONCURRENCY_QUEUE_EMPTY_S", default=0.01, cast=float),
         # Facebook's N (100 ms there); longer here, where one request takes tens of ms.
         "after_s": env("CONCURRENCY_STANDING_QUEUE_AFTER_S", default=0.5, cast=float),
+        # The order in which gunicorn's threads take queued requests (adaptive LIFO,
+        # resilience.request_queue): oldest first while the oldest waited under
+        # empty_below_s; newest first beyond it; the oldest again once it waited longer
+        # than every class's standing budget (it is shed at once). "fifo" is gunicorn's
+        # own order, for comparison; load shedding off means fifo.
+        "thread_queue": env("CONCURRENCY_THREAD_QUEUE", default="adaptive_lifo"),
     },
     "default_priority": "normal",
     # Probes and scrapes must answer under overload; static files cost nothing.
