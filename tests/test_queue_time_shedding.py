@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from chaos.commands import GUNICORN_COMMAND
 from tests.processes import child_environment, free_port, http_request, running, wait_for
 
@@ -65,3 +67,58 @@ def test_a_request_queued_past_its_budget_is_shed_when_a_thread_takes_it(tmp_pat
     assert (body["code"], body["reason"]) == ("overloaded", "queue_time")
     assert body["priority"] == "normal"
     assert waited >= 0.5  # it did wait for a thread: the budget of the normal class
+
+
+@pytest.mark.parametrize(("order", "served_first"), [("adaptive_lifo", "CBA"), ("fifo", "ABC")])
+def test_a_standing_thread_queue_serves_the_newest_first(tmp_path, order, served_first):
+    """Two threads: one held 0.8 s, one 2 s. A, B, C queue 0.1 s apart behind them; when
+    the first thread frees, adaptive LIFO serves C, then B, then A (gunicorn's FIFO: A, B,
+    C), all before the second thread frees. The budgets are long here so that nothing in
+    the queue has expired (the oldest-first rule for what will be shed is unit-tested)."""
+    port = free_port()
+    env = child_environment(
+        DJANGO_SETTINGS_MODULE="bench.worker_model_settings",  # the product + a slow view
+        WEB_PORT=str(port),
+        WEB_WORKERS="1",
+        WEB_THREADS="2",
+        PAYMENTS_BULKHEAD_MAX="1",  # the sizing check's rule for 2 threads
+        RATELIMIT_ENABLED="false",
+        CONCURRENCY_LIMIT_MODE="static",
+        CONCURRENCY_STATIC_LIMIT="2",
+        CONCURRENCY_MIN_LIMIT="1",
+        CONCURRENCY_THREAD_QUEUE=order,
+        CONCURRENCY_CRITICAL_QUEUE_S="5",
+        CONCURRENCY_CRITICAL_STANDING_QUEUE_S="5",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    base = f"http://127.0.0.1:{port}"
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def probe(name: str) -> None:
+        # /healthz is exempt from shedding, but it queues for a thread like any request.
+        answer = http_request("GET", f"{base}/healthz", timeout=10)
+        with lock:
+            answered.append(name if answer.status == 200 else f"{name}:{answer.status}")
+
+    with running(GUNICORN_COMMAND, env=env, log_path=tmp_path / "web.log"):
+        wait_for(lambda: http_request("GET", f"{base}/healthz").status == 200, timeout=30)
+        holders = [
+            threading.Thread(
+                target=http_request,
+                args=("GET", f"{base}/bench/slow?seconds={seconds}"),
+                kwargs={"timeout": 10},
+            )
+            for seconds in (0.8, 2.0)
+        ]
+        for holder in holders:
+            holder.start()
+        wait_for(lambda: in_flight(tmp_path) == 2, timeout=10, what="both threads held")
+        probes = [threading.Thread(target=probe, args=(name,)) for name in "ABC"]
+        spacing = threading.Event()  # never set: its wait is the gap between arrivals
+        for thread in probes:
+            thread.start()
+            spacing.wait(0.1)
+        for thread in [*probes, *holders]:
+            thread.join(10)
+    assert "".join(answered) == served_first
