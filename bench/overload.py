@@ -2,8 +2,8 @@
 
 One gunicorn (the shipped ``WEB_WORKERS`` x ``WEB_THREADS``, payments simulator in its own
 process) per configuration: load shedding as shipped (adaptive limit: Envoy's gradient
-against a measured minRTT, adaptive LIFO thread queue), the same with gunicorn's FIFO thread
-queue, the same with Netflix's Gradient2, a static limit (= threads)
+against a measured minRTT, gunicorn's FIFO thread queue), the same with an adaptive LIFO
+thread queue, the same with Netflix's Gradient2, a static limit (= threads)
 and no shedding at all. The load is open loop (requests leave on schedule
 whatever the server does; latency counts from the scheduled time, so a queue is never
 hidden), bounded in count and time, from ``USERS`` accounts each behind its own
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
 import random
 import statistics
@@ -49,6 +50,10 @@ TIMEOUT_S = 10.0
 # Goodput counts answers a user still waits for: a success later than this (from the
 # moment the request was due) is counted as late, not as goodput.
 GOODPUT_DEADLINE_S = 2.0
+# Every configuration by default; BENCH_OVERLOAD_MODES=adaptive,adaptive-lifo,adaptive,...
+# runs only those, in that order (an interleaved A/B against one measured capacity).
+ALL_MODES = ("adaptive", "adaptive-lifo", "gradient2", "static", "off")
+MODES = tuple(m for m in os.environ.get("BENCH_OVERLOAD_MODES", ",".join(ALL_MODES)).split(","))
 CLASSES = ("critical", "normal", "best_effort")
 MIX = (  # (weight, class, kind)
     (0.15, "critical", "create"),
@@ -272,16 +277,16 @@ def server(mode: str, payments_url: str, workdir: Path, *, name: str | None = No
         # "adaptive" is the shipped algorithm (Envoy's minRTT gradient); Netflix's Gradient2
         # runs beside it for comparison (adr/0010).
         CONCURRENCY_LIMIT_ALGORITHM="gradient2" if mode == "gradient2" else "gradient",
-        # The shipped adaptive LIFO thread queue, or gunicorn's FIFO one to show what it adds.
-        CONCURRENCY_THREAD_QUEUE="fifo" if mode == "adaptive-fifo" else "adaptive_lifo",
+        # gunicorn's FIFO thread queue as shipped, or adaptive LIFO beside it (adr/0010).
+        CONCURRENCY_THREAD_QUEUE="adaptive_lifo" if mode == "adaptive-lifo" else "fifo",
     )
     return port, running(GUNICORN_COMMAND, env=env, log_path=workdir / f"web-{name}.log")
 
 
-def run_mode(mode, payments_url, clients, workdir, rate) -> tuple[list[Phase], dict]:
+def run_mode(mode, payments_url, clients, workdir, rate, *, name=None) -> tuple[list[Phase], dict]:
     from tests.processes import http_request, wait_for
 
-    port, context = server(mode, payments_url, workdir)
+    port, context = server(mode, payments_url, workdir, name=name)
     phases, recovery = [], {}
     with context:
         wait_for(lambda: http_request("GET", f"http://127.0.0.1:{port}/healthz").status == 200,
@@ -420,10 +425,10 @@ def report(mode_phases: dict[str, list[Phase]], rate: float) -> list[str]:
             cells.append(f"{shed:>12}")
             cells.append(f"{phase.undocumented} (+{phase.not_sent} not sent)")
             lines.append(" | ".join(cells))
-    for mode in ("adaptive", "gradient2", "static"):
-        if mode not in mode_phases:
+    for mode, phases in mode_phases.items():
+        if mode.split(" #")[0] == "off":
             continue
-        one, three = mode_phases[mode][0], mode_phases[mode][2]
+        one, three = phases[0], phases[2]
         ratio = three.goodput("critical") / max(one.goodput("critical"), 1e-9)
         p99_ratio = three.p("critical", 0.99) / max(one.p("critical", 0.99), 1e-9)
         lines.append(
@@ -485,11 +490,15 @@ def main() -> None:
                 flush=True,
             )
             mode_phases, recovery = {}, {}
-            for mode in ("adaptive", "adaptive-fifo", "gradient2", "static", "off"):
-                phases, found = run_mode(mode, payments_url, clients, workdir, rate)
-                mode_phases[mode] = phases
+            for run, mode in enumerate(MODES, start=1):
+                # A mode run twice (an interleaved A/B) keeps both: "adaptive #3".
+                label = mode if MODES.count(mode) == 1 else f"{mode} #{run}"
+                phases, found = run_mode(
+                    mode, payments_url, clients, workdir, rate, name=f"{mode}-{run}"
+                )
+                mode_phases[label] = phases
                 recovery = recovery or found
-                for line in report({mode: phases}, rate)[1:]:
+                for line in report({label: phases}, rate)[1:]:
                     print(line, flush=True)
     print("\n".join(report(mode_phases, rate)))
     if recovery:

@@ -349,8 +349,13 @@ class ConcurrencyLimitMiddleware:
             return None
         level = priority_of(view_func, request.method or "GET")
         state = limiter()
-        waited = queue_wait_s(request)
-        if waited is not None and waited > state.queue.budget(level, waited, queue_age_s()):
+        waited, queue_age = queue_wait_s(request), queue_age_s()
+        # The pressure is the longer of this request's wait and the queue's age: with
+        # adaptive LIFO the newest request has hardly waited while older ones stand
+        # behind it, and a lower class is shed by what the queue says (as FIFO would
+        # have made it wait), so LIFO changes which request is served, not which class.
+        pressure = max((w for w in (waited, queue_age) if w is not None), default=None)
+        if pressure is not None and pressure > state.queue.budget(level, pressure, queue_age):
             return shed(request, ShedDecision("queue_time", level))
         refusal = state.try_acquire(level)
         if refusal is not None:

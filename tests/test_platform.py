@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -31,6 +32,33 @@ def test_each_alias_has_its_own_timeouts_on_the_server(alias, statement_timeout,
         )
         row = cursor.fetchone()
     assert row == (statement_timeout, "1s", "5s", application_name)
+
+
+@pytest.mark.django_db(databases=["default", "background"])
+@pytest.mark.parametrize("alias", ["default", "background"])
+def test_every_postgres_socket_has_keepalives_and_a_tcp_user_timeout(alias):
+    """Read off the live socket: the kernel finds a vanished peer in seconds, not hours."""
+    with connections[alias].cursor():
+        fd = connections[alias].connection.pgconn.socket
+        # A duplicate: closing the probe must not close the driver's socket.
+        probe = socket.socket(fileno=os.dup(fd))
+        try:
+            options = (
+                probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+        finally:
+            probe.close()
+    assert options == (
+        1,
+        settings.DB_KEEPALIVES_IDLE_S,
+        settings.DB_KEEPALIVES_INTERVAL_S,
+        settings.DB_KEEPALIVES_COUNT,
+        settings.DB_TCP_USER_TIMEOUT_MS,
+    )
 
 
 @pytest.mark.django_db

@@ -178,8 +178,10 @@ SCENARIOS: dict[str, Scenario] = {
             beats_baseline_by=10.0,
             summary="Every Postgres round trip 50 ms slower (latency toxic, 20 ms jitter)",
             fault=ProxyToxic("postgres", "latency", (("latency", 50), ("jitter", 20))),
-            # For the collapse load: a create and a read each make several round trips.
-            extra={"round_trips_per_request": 6},
+            # For the collapse load: measured at 50 ms per round trip, an order creation
+            # took about 1.05 s (20 round trips) and a read 0.25 s (5) at their p50
+            # (chaos run postgres-slow, 2026-12-03); half the traffic each: about 12.
+            extra={"round_trips_per_request": 12},
             dependency="postgres",
             expect_breaker=False,  # slow is not down: statement timeouts, not the breaker
             p99_bound_s=6.0,  # the request deadline (5 s) plus queueing

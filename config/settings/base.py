@@ -174,6 +174,15 @@ for _read_s, _statement_ms, _name in (
         raise ImproperlyConfigured(
             f"{_name}_READ_TIMEOUT_S must be longer than {_name}_STATEMENT_TIMEOUT_MS."
         )
+# TCP keepalives and TCP_USER_TIMEOUT on every Postgres socket (libpq): an idle pooled
+# connection to a host that vanished (no RST: a partition, a dead VM) is found within
+# idle + interval x count (45 s) instead of the kernel's two hours, and data sent that
+# the peer never acknowledges fails the socket after DB_TCP_USER_TIMEOUT_MS. Requests
+# are bounded sooner by the read deadline above; these cover the idle and the unwatched.
+DB_KEEPALIVES_IDLE_S = env("DB_KEEPALIVES_IDLE_S", default=30, cast=int)
+DB_KEEPALIVES_INTERVAL_S = env("DB_KEEPALIVES_INTERVAL_S", default=5, cast=int)
+DB_KEEPALIVES_COUNT = env("DB_KEEPALIVES_COUNT", default=3, cast=int)
+DB_TCP_USER_TIMEOUT_MS = env("DB_TCP_USER_TIMEOUT_MS", default=10000, cast=int)
 DB_LOCK_TIMEOUT_MS = env("DB_LOCK_TIMEOUT_MS", default=1000, cast=int)
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=5000, cast=int)
 # Migrations run without a statement timeout but with a short lock timeout, so a schema
@@ -215,6 +224,11 @@ def database_alias(
                     "max_waiting": pool_max_waiting,
                 },
                 "connect_timeout": DB_CONNECT_TIMEOUT_S,
+                "keepalives": 1,
+                "keepalives_idle": DB_KEEPALIVES_IDLE_S,
+                "keepalives_interval": DB_KEEPALIVES_INTERVAL_S,
+                "keepalives_count": DB_KEEPALIVES_COUNT,
+                "tcp_user_timeout": DB_TCP_USER_TIMEOUT_MS,
                 "application_name": application_name,
                 "options": (
                     f"-c statement_timeout={statement_timeout_ms}"
@@ -722,12 +736,12 @@ RESILIENCE_CONCURRENCY = {
         "empty_below_s": env("CONCURRENCY_QUEUE_EMPTY_S", default=0.01, cast=float),
         # Facebook's N (100 ms there); longer here, where one request takes tens of ms.
         "after_s": env("CONCURRENCY_STANDING_QUEUE_AFTER_S", default=0.5, cast=float),
-        # The order in which gunicorn's threads take queued requests (adaptive LIFO,
-        # resilience.request_queue): oldest first while the oldest waited under
-        # empty_below_s; newest first beyond it; the oldest again once it waited longer
-        # than every class's standing budget (it is shed at once). "fifo" is gunicorn's
-        # own order, for comparison; load shedding off means fifo.
-        "thread_queue": env("CONCURRENCY_THREAD_QUEUE", default="adaptive_lifo"),
+        # The order in which gunicorn's threads take queued requests: "fifo", gunicorn's
+        # own, as shipped; "adaptive_lifo" (resilience.request_queue, for comparison):
+        # oldest first while the oldest waited under empty_below_s, newest first beyond
+        # it, the oldest again once it waited longer than every class's standing budget
+        # (it is shed at once). Measured no better here (adr/0010); shedding off: fifo.
+        "thread_queue": env("CONCURRENCY_THREAD_QUEUE", default="fifo"),
     },
     "default_priority": "normal",
     # Probes and scrapes must answer under overload; static files cost nothing.

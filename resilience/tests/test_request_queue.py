@@ -143,24 +143,35 @@ def test_shutdown_with_cancel_futures_cancels_what_was_still_queued():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("enabled", "order"), [(True, "adaptive_lifo"), (False, "fifo")])
-def test_the_gunicorn_worker_queues_lifo_with_shedding_on_and_fifo_without(
-    settings, enabled, order
+@pytest.mark.parametrize(
+    ("enabled", "order", "lifo"),
+    [(True, "adaptive_lifo", True), (True, "fifo", False), (False, "adaptive_lifo", False)],
+)
+def test_the_gunicorn_worker_queues_lifo_only_when_asked_and_shedding_is_on(
+    settings, enabled, order, lifo
 ):
     from resilience import concurrency
     from resilience.gunicorn_worker import QueueTimedThreadWorker
 
-    settings.RESILIENCE_CONCURRENCY = {**settings.RESILIENCE_CONCURRENCY, "enabled": enabled}
+    raw = settings.RESILIENCE_CONCURRENCY
+    settings.RESILIENCE_CONCURRENCY = {
+        **raw,
+        "enabled": enabled,
+        "standing_queue": {**raw["standing_queue"], "thread_queue": order},
+    }
     concurrency.reset()
-    worker = SimpleNamespace(cfg=SimpleNamespace(threads=2))
-    pool = QueueTimedThreadWorker.get_thread_pool(worker)
+    worker = QueueTimedThreadWorker.__new__(QueueTimedThreadWorker)  # no arbiter here
+    worker.cfg = SimpleNamespace(threads=2)
+    pool = worker.get_thread_pool()
     try:
         cfg = concurrency.config()
-        assert pool.queue.order == order
-        assert pool.queue.lifo_after_s == cfg.queue_empty_s
-        # Past every class's standing budget a request is shed: taken oldest first.
-        assert pool.queue.expired_after_s == max(cfg.standing_queue_budgets_s.values())
-        assert pool.submit(concurrency.queue_age_s).result(timeout=10) >= 0
+        assert worker.adaptive_lifo is lifo
+        assert isinstance(pool, AdaptiveLifoExecutor) is lifo
+        if lifo:
+            assert pool.queue.lifo_after_s == cfg.queue_empty_s
+            # Past every class's standing budget a request is shed: taken oldest first.
+            assert pool.queue.expired_after_s == max(cfg.standing_queue_budgets_s.values())
+            assert pool.submit(concurrency.queue_age_s).result(timeout=10) >= 0
     finally:
         pool.shutdown(wait=True)
         concurrency.reset()
