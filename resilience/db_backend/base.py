@@ -3,6 +3,8 @@
 Every query, commit and rollback also has a client-side read deadline (the alias's
 ``CLIENT_READ_TIMEOUT_S``, above its statement timeout): a network that swallows the
 answer would otherwise hold the thread for minutes (``resilience.socket_deadline``).
+A checkout fails at once, instead of waiting the pool timeout, while the pool has no
+live connection and its last attempt to open one just failed (``reachability``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from resilience import metrics, socket_deadline
 from resilience.breakers import breaker
+from resilience.db_backend.reachability import Reachability, counted_connection_class
 
 # Exported from 0 by every process that talks to Postgres, so rate() sees the first one.
 metrics.SOCKET_DEADLINE_EXCEEDED.labels("postgres")
@@ -51,6 +54,9 @@ def _guarded_execute(execute, sql, params, many, context):
 class DatabaseWrapper(base.DatabaseWrapper):
     """Connections and queries go through the breaker (when resilience is enabled)."""
 
+    # One per pooled alias, as Django keeps one pool per alias (_connection_pools).
+    _reachability: dict[str, Reachability] = {}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if settings.RESILIENCE_ENABLED:
@@ -78,14 +84,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if self.settings_dict["CONN_HEALTH_CHECKS"]:
                 deadline_s = options.get("timeout", self.settings_dict.get("CLIENT_READ_TIMEOUT_S"))
                 check = _deadlined_check(deadline_s)
+            # A checkout with no connection to come would wait the pool timeout: fail
+            # fast within that long after a failed attempt to open one.
+            reachability = Reachability(window_s=options.get("timeout", 30.0))
             pool = ConnectionPool(
                 kwargs=connect_kwargs,
                 open=False,
                 configure=self._configure_connection,
                 check=check,
+                connection_class=counted_connection_class(reachability),
                 **options,
             )
-            self._connection_pools.setdefault(self.alias, pool)
+            if self._connection_pools.setdefault(self.alias, pool) is pool:
+                self._reachability[self.alias] = reachability
         return self._connection_pools[self.alias]
 
     def _configure_connection(self, connection: psycopg.Connection) -> Any:
@@ -104,7 +115,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not settings.RESILIENCE_ENABLED:
             return super().get_new_connection(conn_params)
-        return breaker("postgres").call(super().get_new_connection, conn_params)
+        return breaker("postgres").call(self._checkout, conn_params)
+
+    def _checkout(self, conn_params: dict[str, Any]) -> Any:
+        if self.pool is not None and self.alias in self._reachability:
+            self._reachability[self.alias].refuse_if_unreachable()
+        return super().get_new_connection(conn_params)
 
     # COMMIT and ROLLBACK go to psycopg directly, not through the execute wrappers.
     def _commit(self) -> None:
