@@ -29,34 +29,51 @@ def in_flight(metrics_dir) -> float:
     return registry.get_sample_value("resilience_concurrency_in_flight") or 0.0
 
 
-def test_a_request_queued_past_its_budget_is_shed_when_a_thread_takes_it(tmp_path):
-    port = free_port()
-    env = child_environment(
+def hold_threads(base: str, metrics_dir, seconds: list[float]) -> list[threading.Thread]:
+    """One slow request per entry, each holding a thread that long; back once all are
+    admitted (the limiter's in-flight gauge says so)."""
+    holders = [
+        threading.Thread(
+            target=http_request,
+            args=("GET", f"{base}/bench/slow?seconds={held}"),
+            kwargs={"timeout": 10},
+        )
+        for held in seconds
+    ]
+    for holder in holders:
+        holder.start()
+    wait_for(
+        lambda: in_flight(metrics_dir) == len(seconds),
+        timeout=10,
+        what=f"{len(seconds)} threads held",
+    )
+    return holders
+
+
+def one_process(tmp_path, port: int, *, threads: int, **overrides: str) -> dict[str, str]:
+    """One gthread process of ``threads`` threads, a static limit of the threads (the
+    limit is not under test here), no rate limits, metrics in ``tmp_path``."""
+    return child_environment(
         DJANGO_SETTINGS_MODULE="bench.worker_model_settings",  # the product + a slow view
         WEB_PORT=str(port),
         WEB_WORKERS="1",
-        WEB_THREADS="4",
-        PAYMENTS_BULKHEAD_MAX="2",  # the sizing check's rule for 4 threads
+        WEB_THREADS=str(threads),
+        PAYMENTS_BULKHEAD_MAX=str(threads // 2),  # the sizing check's rule
         RATELIMIT_ENABLED="false",
-        CONCURRENCY_LIMIT_ENABLED="true",  # the default; said, since this test is about it
-        CONCURRENCY_LIMIT_MODE="static",  # the limit (4 = threads) is not under test here
-        CONCURRENCY_STATIC_LIMIT="4",
+        CONCURRENCY_LIMIT_MODE="static",
+        CONCURRENCY_STATIC_LIMIT=str(threads),
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+        **overrides,
     )
+
+
+def test_a_request_queued_past_its_budget_is_shed_when_a_thread_takes_it(tmp_path):
+    port = free_port()
+    env = one_process(tmp_path, port, threads=4, CONCURRENCY_LIMIT_ENABLED="true")
     base = f"http://127.0.0.1:{port}"
     with running(GUNICORN_COMMAND, env=env, log_path=tmp_path / "web.log"):
         wait_for(lambda: http_request("GET", f"{base}/healthz").status == 200, timeout=30)
-        holders = [
-            threading.Thread(
-                target=http_request,
-                args=("GET", f"{base}/bench/slow?seconds={SLOW_S}"),
-                kwargs={"timeout": 10},
-            )
-            for _ in range(4)
-        ]
-        for holder in holders:
-            holder.start()
-        wait_for(lambda: in_flight(tmp_path) == 4, timeout=10, what="four threads held")
+        holders = hold_threads(base, tmp_path, [SLOW_S] * 4)
         started = time.monotonic()
         queued = http_request("GET", f"{base}/api/v1/orders", timeout=10)
         waited = time.monotonic() - started
@@ -76,20 +93,14 @@ def test_a_standing_thread_queue_serves_the_newest_first(tmp_path, order, served
     C), all before the second thread frees. The budgets are long here so that nothing in
     the queue has expired (the oldest-first rule for what will be shed is unit-tested)."""
     port = free_port()
-    env = child_environment(
-        DJANGO_SETTINGS_MODULE="bench.worker_model_settings",  # the product + a slow view
-        WEB_PORT=str(port),
-        WEB_WORKERS="1",
-        WEB_THREADS="2",
-        PAYMENTS_BULKHEAD_MAX="1",  # the sizing check's rule for 2 threads
-        RATELIMIT_ENABLED="false",
-        CONCURRENCY_LIMIT_MODE="static",
-        CONCURRENCY_STATIC_LIMIT="2",
+    env = one_process(
+        tmp_path,
+        port,
+        threads=2,
         CONCURRENCY_MIN_LIMIT="1",
         CONCURRENCY_THREAD_QUEUE=order,
         CONCURRENCY_CRITICAL_QUEUE_S="5",
         CONCURRENCY_CRITICAL_STANDING_QUEUE_S="5",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
     )
     base = f"http://127.0.0.1:{port}"
     answered: list[str] = []
@@ -103,17 +114,7 @@ def test_a_standing_thread_queue_serves_the_newest_first(tmp_path, order, served
 
     with running(GUNICORN_COMMAND, env=env, log_path=tmp_path / "web.log"):
         wait_for(lambda: http_request("GET", f"{base}/healthz").status == 200, timeout=30)
-        holders = [
-            threading.Thread(
-                target=http_request,
-                args=("GET", f"{base}/bench/slow?seconds={seconds}"),
-                kwargs={"timeout": 10},
-            )
-            for seconds in (0.8, 2.0)
-        ]
-        for holder in holders:
-            holder.start()
-        wait_for(lambda: in_flight(tmp_path) == 2, timeout=10, what="both threads held")
+        holders = hold_threads(base, tmp_path, [0.8, 2.0])
         probes = [threading.Thread(target=probe, args=(name,)) for name in "ABC"]
         spacing = threading.Event()  # never set: its wait is the gap between arrivals
         for thread in probes:

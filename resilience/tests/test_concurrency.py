@@ -18,6 +18,7 @@ from resilience.concurrency_limits import (
     Gradient2Limit,
     MinRttGradientLimit,
 )
+from resilience.tests.clock import Clock
 
 pytestmark = pytest.mark.usefixtures("no_rate_limits", "load_shedding")
 
@@ -26,14 +27,6 @@ pytestmark = pytest.mark.usefixtures("no_rate_limits", "load_shedding")
 def load_shedding(settings):
     """On, whatever the test settings say: these tests are about the limiter itself."""
     settings.RESILIENCE_CONCURRENCY = {**settings.RESILIENCE_CONCURRENCY, "enabled": True}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

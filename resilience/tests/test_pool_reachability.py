@@ -13,18 +13,11 @@ from django.db import OperationalError
 from resilience.db import is_connection_failure
 from resilience.db_backend.base import DatabaseWrapper
 from resilience.db_backend.reachability import PostgresUnreachable, Reachability
+from resilience.tests.clock import Clock
 from resilience.tests.test_socket_deadline import run_query, through_the_proxy
 from tests.processes import wait_for
 
 POOL_TIMEOUT_S = 2.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeConnection:
@@ -35,7 +28,7 @@ class FakeConnection:
 
 
 def test_only_no_live_connection_and_a_fresh_failure_refuse_a_checkout():
-    clock = Clock()
+    clock = Clock(50.0)
     reach = Reachability(window_s=1.0, clock=clock)
     reach.refuse_if_unreachable()  # nothing known yet: wait as the pool would
     connection = FakeConnection()

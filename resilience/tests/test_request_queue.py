@@ -13,17 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 from resilience.request_queue import AdaptiveLifoExecutor, AdaptiveLifoQueue, _Entry
+from resilience.tests.clock import Clock
 
 LIFO_AFTER_S = 0.01
 EXPIRED_AFTER_S = 0.2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def queued(clock: Clock, order: str, ages: list[float]) -> AdaptiveLifoQueue:
@@ -45,12 +38,12 @@ def taken(queue: AdaptiveLifoQueue) -> tuple[int, float, float]:
 
 
 def test_a_queue_that_is_nearly_empty_is_first_in_first_out():
-    queue = queued(Clock(), "adaptive_lifo", [0.005, 0.002, 0.0])
+    queue = queued(Clock(100.0), "adaptive_lifo", [0.005, 0.002, 0.0])
     assert [taken(queue)[0] for _ in range(3)] == [0, 1, 2]
 
 
 def test_a_standing_queue_serves_the_newest_first_and_reports_its_age():
-    queue = queued(Clock(), "adaptive_lifo", [0.15, 0.1, 0.05, 0.0])
+    queue = queued(Clock(100.0), "adaptive_lifo", [0.15, 0.1, 0.05, 0.0])
     # The newest waited for nothing, but the queue it left is 150 ms old.
     assert taken(queue) == (3, 0.0, 0.15)
     assert taken(queue) == (2, 0.05, 0.15)
@@ -58,14 +51,14 @@ def test_a_standing_queue_serves_the_newest_first_and_reports_its_age():
 
 def test_the_oldest_is_taken_first_once_it_waited_past_every_standing_budget():
     # It will be shed at once: its answer must not wait for the queue to drain.
-    queue = queued(Clock(), "adaptive_lifo", [0.3, 0.25, 0.1, 0.0])
+    queue = queued(Clock(100.0), "adaptive_lifo", [0.3, 0.25, 0.1, 0.0])
     assert taken(queue) == (0, 0.3, 0.3)
     assert taken(queue) == (1, 0.25, 0.25)
     assert taken(queue)[0] == 3  # then newest first again
 
 
 def test_fifo_order_is_gunicorns_own_for_comparison():
-    queue = queued(Clock(), "fifo", [0.15, 0.1, 0.0])
+    queue = queued(Clock(100.0), "fifo", [0.15, 0.1, 0.0])
     assert [taken(queue)[0] for _ in range(3)] == [0, 1, 2]
 
 
