@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Run:
     quiet: list[float] = field(default_factory=list)
     flood: list[float] = field(default_factory=list)
     read_errors: int = 0
+    read_error_codes: Counter = field(default_factory=Counter)  # "503 overloaded": n
     orders: list[tuple[str, float]] = field(default_factory=list)  # (status, latency)
     drained_s: float | None = None
     still_pending: int = 0
@@ -70,6 +72,9 @@ def _read_loop(base_url, user, stop: threading.Event, out: list[float], run: Run
             out.append(answer.latency_s)
         else:
             run.read_errors += 1
+            body = answer.body if isinstance(answer.body, dict) else {}
+            reason = body.get("reason") or body.get("code") or answer.error or "-"
+            run.read_error_codes[f"{answer.status} {reason}"] += 1
 
     threads = []
     next_at = time.monotonic()
@@ -197,7 +202,8 @@ def describe(run: Run) -> list[str]:
     reads = (
         f"{run.label:<9} {run.clients:>3} clients | GET /orders quiet p50 {q50:.0f} ms"
         f" p99 {q99:.0f} ms | flood p50 {f50:.0f} ms p99 {f99:.0f} ms"
-        f" ({f99 / q99:.1f}x quiet p99; {run.read_errors} reads failed)"
+        f" ({f99 / q99:.1f}x quiet p99; {run.read_errors} reads failed"
+        f"{': ' + str(dict(run.read_error_codes)) if run.read_error_codes else ''})"
     )
     paid_line = f"{len(paid)} paid" + (
         f" (median {statistics.median(paid) * 1000:.0f} ms)" if paid else ""
