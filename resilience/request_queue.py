@@ -6,7 +6,9 @@ stands, *every* served request is late, and the queue-time budget sheds nearly a
 them (docs/chaos/overload before this: 8,317 of 9,004 refusals were queue time, critical
 p99 736 ms). Facebook's answer is adaptive LIFO: while the queue drains, first in first
 out; once it stands, newest first, so the requests served are the ones whose clients
-are still waiting, and the oldest are shed.
+are still waiting, and the oldest are shed. Measured here, it did no better than FIFO
+(four interleaved bench pairs, adr/0010), so it is a switch
+(``CONCURRENCY_THREAD_QUEUE=adaptive_lifo``), not the default.
 
 This queue takes, for a free thread:
 

@@ -86,6 +86,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 check = _deadlined_check(deadline_s)
             # A checkout with no connection to come would wait the pool timeout: fail
             # fast within that long after a failed attempt to open one.
+            # (30 s: psycopg_pool's own default, for a pool configured without one.)
             reachability = Reachability(window_s=options.get("timeout", 30.0))
             pool = ConnectionPool(
                 kwargs=connect_kwargs,
