@@ -53,7 +53,7 @@ GOODPUT_DEADLINE_S = 2.0
 # Every configuration by default; BENCH_OVERLOAD_MODES=adaptive,adaptive-lifo,adaptive,...
 # runs only those, in that order (an interleaved A/B against one measured capacity).
 ALL_MODES = ("adaptive", "adaptive-lifo", "gradient2", "static", "off")
-MODES = tuple(m for m in os.environ.get("BENCH_OVERLOAD_MODES", ",".join(ALL_MODES)).split(","))
+MODES = tuple(os.environ.get("BENCH_OVERLOAD_MODES", ",".join(ALL_MODES)).split(","))
 CLASSES = ("critical", "normal", "best_effort")
 MIX = (  # (weight, class, kind)
     (0.15, "critical", "create"),

@@ -39,6 +39,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
+# CONCURRENCY_THREAD_QUEUE: "fifo" is gunicorn's own pool, "adaptive_lifo" this one.
 ORDERS = ("adaptive_lifo", "fifo")
 
 
@@ -52,30 +53,23 @@ class _Entry:
 
 
 class AdaptiveLifoQueue:
-    """Entries in arrival order; ``take`` picks FIFO or LIFO by the queue's age."""
+    """Entries in arrival order; ``take`` picks the oldest or the newest by the queue's age."""
 
     def __init__(
         self,
         *,
-        order: str = "adaptive_lifo",
         lifo_after_s: float,
         expired_after_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"unknown queue order {order!r}; one of {ORDERS}")
         if not 0 <= lifo_after_s <= expired_after_s:
             raise ValueError("the queue needs 0 <= lifo_after_s <= expired_after_s")
-        self.order = order
         self.lifo_after_s = lifo_after_s
         self.expired_after_s = expired_after_s
         self._clock = clock
         self._entries: deque[_Entry] = deque()
         self._ready = threading.Condition()
         self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def put(self, entry: _Entry) -> None:
         with self._ready:
@@ -94,9 +88,7 @@ class AdaptiveLifoQueue:
                 self._ready.wait()
             now = self._clock()
             age = now - self._entries[0].enqueued_at
-            newest_first = self.order == "adaptive_lifo" and (
-                self.lifo_after_s < age <= self.expired_after_s
-            )
+            newest_first = self.lifo_after_s < age <= self.expired_after_s
             entry = self._entries.pop() if newest_first else self._entries.popleft()
             return entry, now - entry.enqueued_at, age
 

@@ -63,12 +63,11 @@ class Reachability:
         """Raise ``PostgresUnreachable`` instead of letting a checkout wait for nothing."""
         with self._lock:
             failed_at, error = self.failed_at, self.last_error
-        if failed_at is None or self._clock() - failed_at >= self.window_s:
-            return
-        if self.alive == 0:
+        since = None if failed_at is None else self._clock() - failed_at
+        if since is not None and since < self.window_s and self.alive == 0:
             raise PostgresUnreachable(
                 f"postgres unreachable: no live connection and the last attempt to open one"
-                f" failed {self._clock() - failed_at:.2f} s ago ({error})"
+                f" failed {since:.2f} s ago ({error})"
             )
 
 

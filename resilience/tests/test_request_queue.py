@@ -19,10 +19,10 @@ LIFO_AFTER_S = 0.01
 EXPIRED_AFTER_S = 0.2
 
 
-def queued(clock: Clock, order: str, ages: list[float]) -> AdaptiveLifoQueue:
+def queued(clock: Clock, ages: list[float]) -> AdaptiveLifoQueue:
     """A queue holding one entry per age (oldest first), named by its index."""
     queue = AdaptiveLifoQueue(
-        order=order, lifo_after_s=LIFO_AFTER_S, expired_after_s=EXPIRED_AFTER_S, clock=clock
+        lifo_after_s=LIFO_AFTER_S, expired_after_s=EXPIRED_AFTER_S, clock=clock
     )
     start = clock.now
     for index, age in enumerate(ages):
@@ -38,12 +38,12 @@ def taken(queue: AdaptiveLifoQueue) -> tuple[int, float, float]:
 
 
 def test_a_queue_that_is_nearly_empty_is_first_in_first_out():
-    queue = queued(Clock(100.0), "adaptive_lifo", [0.005, 0.002, 0.0])
+    queue = queued(Clock(100.0), [0.005, 0.002, 0.0])
     assert [taken(queue)[0] for _ in range(3)] == [0, 1, 2]
 
 
 def test_a_standing_queue_serves_the_newest_first_and_reports_its_age():
-    queue = queued(Clock(100.0), "adaptive_lifo", [0.15, 0.1, 0.05, 0.0])
+    queue = queued(Clock(100.0), [0.15, 0.1, 0.05, 0.0])
     # The newest waited for nothing, but the queue it left is 150 ms old.
     assert taken(queue) == (3, 0.0, 0.15)
     assert taken(queue) == (2, 0.05, 0.15)
@@ -51,28 +51,21 @@ def test_a_standing_queue_serves_the_newest_first_and_reports_its_age():
 
 def test_the_oldest_is_taken_first_once_it_waited_past_every_standing_budget():
     # It will be shed at once: its answer must not wait for the queue to drain.
-    queue = queued(Clock(100.0), "adaptive_lifo", [0.3, 0.25, 0.1, 0.0])
+    queue = queued(Clock(100.0), [0.3, 0.25, 0.1, 0.0])
     assert taken(queue) == (0, 0.3, 0.3)
     assert taken(queue) == (1, 0.25, 0.25)
     assert taken(queue)[0] == 3  # then newest first again
 
 
-def test_fifo_order_is_gunicorns_own_for_comparison():
-    queue = queued(Clock(100.0), "fifo", [0.15, 0.1, 0.0])
-    assert [taken(queue)[0] for _ in range(3)] == [0, 1, 2]
-
-
-def test_the_queue_refuses_thresholds_in_the_wrong_order_and_unknown_orders():
+def test_the_queue_refuses_thresholds_in_the_wrong_order():
     with pytest.raises(ValueError, match="lifo_after_s <= expired_after_s"):
         AdaptiveLifoQueue(lifo_after_s=0.3, expired_after_s=0.2)
-    with pytest.raises(ValueError, match="unknown queue order"):
-        AdaptiveLifoQueue(order="random", lifo_after_s=0.0, expired_after_s=0.2)
 
 
-def blocked_executor(threads: int, order: str):
+def blocked_executor(threads: int):
     """An executor whose threads are all held until ``release`` is set."""
     seen: list[tuple[float | None, float | None]] = []
-    queue = AdaptiveLifoQueue(order=order, lifo_after_s=0.0, expired_after_s=60.0)
+    queue = AdaptiveLifoQueue(lifo_after_s=0.0, expired_after_s=60.0)
     executor = AdaptiveLifoExecutor(threads, queue, on_dequeue=lambda w, a: seen.append((w, a)))
     release, holding = threading.Event(), threading.Semaphore(0)
 
@@ -86,11 +79,8 @@ def blocked_executor(threads: int, order: str):
     return executor, release, holders, seen
 
 
-@pytest.mark.parametrize(
-    ("order", "expected"), [("adaptive_lifo", [3, 2, 1, 0]), ("fifo", [0, 1, 2, 3])]
-)
-def test_the_executor_runs_queued_work_in_the_queues_order(order, expected):
-    executor, release, holders, seen = blocked_executor(1, order)
+def test_the_executor_runs_queued_work_newest_first_once_the_queue_stands():
+    executor, release, holders, seen = blocked_executor(1)
     ran: list[int] = []
     try:
         # Any wait is longer than lifo_after_s (0 here): once released, the queue stands.
@@ -101,7 +91,7 @@ def test_the_executor_runs_queued_work_in_the_queues_order(order, expected):
     finally:
         release.set()
         executor.shutdown(wait=True)
-    assert ran == expected
+    assert ran == [3, 2, 1, 0]
     # Every run was told its wait and the queue's age, and both cleared after.
     waits = [w for w, _ in seen if w is not None]
     assert len(waits) == 5
@@ -125,7 +115,7 @@ def test_the_executor_carries_results_and_exceptions_in_its_futures():
 
 
 def test_shutdown_with_cancel_futures_cancels_what_was_still_queued():
-    executor, release, holders, _ = blocked_executor(1, "fifo")
+    executor, release, holders, _ = blocked_executor(1)
     waiting = executor.submit(print, "never")
     executor.shutdown(wait=False, cancel_futures=True)
     release.set()
