@@ -10,15 +10,26 @@ Each run starts the harness stack (chaos/scenarios/stack.py: gunicorn with the s
 ``WEB_WORKERS`` x ``WEB_THREADS``, a Celery worker, the payments simulator) and:
 
 1. quiet: the reader alone (open loop, ``READ_RPS`` requests/s) for ``QUIET_S``;
-2. flood: payments at 800 ms, ``clients`` order clients in closed loop (each sends its
-   next order when the last one answered, honouring ``Retry-After`` on 429/503, as the
-   README asks clients to) beside the reader, for ``FLOOD_S``;
+2. flood: payments at 800 ms, ``clients`` order clients beside the reader, for
+   ``FLOOD_S``. Each client places ``ORDER_RPS_PER_CLIENT`` orders a second, open loop
+   (the rate does not depend on how fast the service answers), within its own rate
+   limit (``orders_create`` refills 1 a second), and honours ``Retry-After`` on 429/503
+   by sending nothing until it has passed, retrying with the same key, as the README
+   asks clients to;
 3. heal: payments back to normal; wait (bounded) until no order is ``pending_payment``.
 
+Why open loop: closed-loop clients (the next order when the last one answered) send
+what the service lets them. Deferred at once, they sent about twice the orders of the
+baseline's (adr/0007), so the two runs carried different loads and the reader's figure
+compared the CPU of 548 orders with that of 287. Open loop, both runs get the same
+orders, and the baseline's threads fill only where its capacity says they must.
+
 It prints, per run, the reader's p50/p99 quiet and under the flood, the orders answered
-paid or deferred and how fast, and how many deferred orders the background paid. Two
-client counts: 16 (the figure first measured on the old 2 x 4 threads) and 1.5 x the
-web threads of the stack (so that without a bulkhead every thread could be waiting).
+paid or deferred and how fast, and how many deferred orders the background paid. Client
+counts (``BENCH_SLOW_PAYMENTS_CLIENTS``, comma-separated): 16 (the figure first measured
+on the old 2 x 4 threads) and 1.5 x the web threads of the stack, whose orders need
+more threads than the stack has while payments take 800 ms (``clients x rate x 0.8 s``
+against the threads, printed).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from bench.support import quantile
 
 PAYMENTS_LATENCY_MS = 800
 READ_RPS = 20
+ORDER_RPS_PER_CLIENT = 1.0
 QUIET_S = 5.0
 FLOOD_S = 15.0
 DRAIN_TIMEOUT_S = 60.0
@@ -52,6 +64,7 @@ class Run:
     read_errors: int = 0
     read_error_codes: Counter = field(default_factory=Counter)  # "503 overloaded": n
     orders: list[tuple[str, float]] = field(default_factory=list)  # (status, latency)
+    order_refusals: Counter = field(default_factory=Counter)  # status: n (then retried)
     drained_s: float | None = None
     still_pending: int = 0
 
@@ -89,12 +102,20 @@ def _read_loop(base_url, user, stop: threading.Event, out: list[float], run: Run
 
 
 def _order_loop(base_url, user, stop: threading.Event, run: Run, lock) -> None:
-    """Closed loop, well behaved: a key per order, same key on retry, Retry-After honoured."""
+    """Open loop, well behaved: ``ORDER_RPS_PER_CLIENT`` orders a second, a key per order,
+    the same key on a retry, nothing sent before a ``Retry-After`` has passed."""
     from chaos.scenarios.client import request
 
-    while not stop.is_set():
-        key = str(uuid.uuid4())
+    retry_not_before = 0.0
+    retry_lock = threading.Lock()
+
+    def place(key: str) -> None:
+        nonlocal retry_not_before
         for _ in range(5):
+            with retry_lock:
+                wait = retry_not_before - time.monotonic()
+            if wait > 0 and stop.wait(wait):
+                return
             answer = request(
                 "POST",
                 f"{base_url}/api/v1/orders",
@@ -106,11 +127,28 @@ def _order_loop(base_url, user, stop: threading.Event, run: Run, lock) -> None:
             if answer.status == 201:
                 with lock:
                     run.orders.append((answer.body["status"], answer.latency_s))
-                break
-            wait = float(answer.retry_after or 1) if answer.status in (409, 429, 503) else 1.0
-            stop.wait(min(5.0, wait) * random.uniform(1.0, 1.2))  # noqa: S311 - jitter
-            if stop.is_set():
-                break
+                return
+            delay = float(answer.retry_after or 1) if answer.status in (409, 429, 503) else 1.0
+            with retry_lock:  # the whole client waits: Retry-After is about the client
+                retry_not_before = max(
+                    retry_not_before,
+                    time.monotonic() + min(5.0, delay) * random.uniform(1.0, 1.2),  # noqa: S311
+                )
+            with lock:
+                run.order_refusals[answer.status] += 1
+
+    threads = []
+    next_at = time.monotonic() + random.uniform(0, 1 / ORDER_RPS_PER_CLIENT)  # noqa: S311
+    while not stop.wait(max(0.0, next_at - time.monotonic())):
+        next_at += 1 / ORDER_RPS_PER_CLIENT
+        with retry_lock:
+            if time.monotonic() < retry_not_before:
+                continue  # told to wait: this order is not sent
+        thread = threading.Thread(target=place, args=(str(uuid.uuid4()),), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(12)
 
 
 def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
@@ -211,10 +249,17 @@ def describe(run: Run) -> list[str]:
     deferred_line = f"{len(deferred)} deferred" + (
         f" (median {statistics.median(deferred) * 1000:.0f} ms); {drained}" if deferred else ""
     )
-    return [reads, f"{'':<13} orders: {paid_line}, {deferred_line}"]
+    refused = (
+        f"; refused then retried: {dict(sorted(run.order_refusals.items()))}"
+        if run.order_refusals
+        else ""
+    )
+    return [reads, f"{'':<13} orders: {paid_line}, {deferred_line}{refused}"]
 
 
 def main() -> None:
+    import os
+
     from bench.support import setup_django
 
     setup_django()
@@ -231,7 +276,15 @@ def main() -> None:
         f" per process; capacity for 800 ms orders without a bulkhead:"
         f" {threads} threads / 0.8 s = {threads / 0.8:.0f} orders/s"
     )
-    for clients in (16, int(threads * 1.5)):
+    counts = os.environ.get("BENCH_SLOW_PAYMENTS_CLIENTS", f"16,{int(threads * 1.5)}")
+    for clients in [int(c) for c in counts.split(",") if c.strip()]:
+        offered = clients * ORDER_RPS_PER_CLIENT
+        print(
+            f"{clients} order clients x {ORDER_RPS_PER_CLIENT:g}/s = {offered:g} orders/s,"
+            f" open loop; without a bulkhead they hold {offered * PAYMENTS_LATENCY_MS / 1000:.1f}"
+            f" of the {threads} threads",
+            flush=True,
+        )
         for resilient in (True, False):
             for line in describe(
                 one_run(resilient=resilient, clients=clients, database_url=database_url)

@@ -75,10 +75,17 @@ class BoundedPageNumberPagination(PageNumberPagination):
         return int(raw)
 
 
-def paginated_response(
+def paginated_data(
     request: Request, view: Any, queryset: Any, serializer_class: type[BaseSerializer]
-) -> Response:
+) -> dict:
     """One page of ``queryset``, serialised, with ``count``, ``next`` and ``previous``."""
     paginator = BoundedPageNumberPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data).data
+
+
+def paginated_response(
+    request: Request, view: Any, queryset: Any, serializer_class: type[BaseSerializer]
+) -> Response:
+    """:func:`paginated_data` as a response."""
+    return Response(paginated_data(request, view, queryset, serializer_class))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from uuid import UUID
 
 from django.conf import settings
@@ -12,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.pagination import BoundedPageNumberPagination, paginated_response
+from common.pagination import BoundedPageNumberPagination, paginated_data
 from orders import selectors, services
 from orders.serializers import (
     OrderCreateInputSerializer,
@@ -119,11 +120,25 @@ class OrderListCreateApi(APIView):
     @extend_schema(
         responses={200: OrderOutputSerializer(many=True)},
         operation_id="orders_list",
-        description="Your orders, newest first, one page at a time.",
+        description=(
+            "Your orders, newest first, one page at a time. While Postgres is down the "
+            "last copy of the same page served may be answered, marked stale "
+            "(`X-Degraded: stale` and `Age` headers)."
+        ),
+        parameters=STALE_HEADERS,
     )
     def get(self, request: Request) -> Response:
-        orders = selectors.order_list(owner=request.user)
-        return paginated_response(request, self, orders, OrderOutputSerializer)
+        # One copy per user and query (page, page_size), the query hashed to bound the key.
+        query = hashlib.sha256(request.query_params.urlencode().encode()).hexdigest()[:16]
+        read = read_through(
+            f"orders:list:{request.user.pk}:{query}",
+            lambda: paginated_data(
+                request, self, selectors.order_list(owner=request.user), OrderOutputSerializer
+            ),
+            fresh_s=0,
+            stale_s=settings.ORDERS_STALE_READ_S,
+        )
+        return Response(read.value, headers=read.headers())
 
 
 @priority("critical")

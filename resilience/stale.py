@@ -8,7 +8,9 @@ stored value if it is younger than ``stale_s``, marked stale with its age, inste
 failing.
 
 The cache itself is best effort (``resilience.cache``): with Redis down too, a read
-simply computes, and a failure surfaces as the usual 503.
+simply computes, and a failure surfaces as the usual 503. ``RESILIENCE_ENABLED=False``
+(the chaos baseline, the same service without the patterns) serves no stale copy: the
+failure surfaces, as it would without this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.core.cache import cache
 
 from resilience import metrics
@@ -60,7 +63,11 @@ def read_through(
     try:
         value = compute()
     except DEGRADE_ON:
-        if entry is not None and now - entry["stored_at"] < stale_s:
+        if (
+            settings.RESILIENCE_ENABLED
+            and entry is not None
+            and now - entry["stored_at"] < stale_s
+        ):
             metrics.DEGRADED_RESPONSES.labels(dependency, "stale_cache").inc()
             return Read(entry["value"], stale=True, age_s=now - entry["stored_at"])
         raise
