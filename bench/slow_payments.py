@@ -35,6 +35,7 @@ against the threads, printed).
 from __future__ import annotations
 
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -65,7 +66,10 @@ class Run:
     read_error_codes: Counter = field(default_factory=Counter)  # "503 overloaded": n
     orders: list[tuple[str, float]] = field(default_factory=list)  # (status, latency)
     order_refusals: Counter = field(default_factory=Counter)  # status: n (then retried)
+    order_errors: list[str] = field(default_factory=list)  # undocumented answers, in full
+    logs_kept: str = ""  # where the stack's logs were kept after an undocumented answer
     drained_s: float | None = None
+    payments_figures: str = ""  # what /metrics says the payments policies did
     still_pending: int = 0
 
 
@@ -136,6 +140,8 @@ def _order_loop(base_url, user, stop: threading.Event, run: Run, lock) -> None:
                 )
             with lock:
                 run.order_refusals[answer.status] += 1
+                if answer.status >= 500 and answer.status != 503:
+                    run.order_errors.append(f"{answer.status} {answer.error or answer.body!r:.300}")
 
     threads = []
     next_at = time.monotonic() + random.uniform(0, 1 / ORDER_RPS_PER_CLIENT)  # noqa: S311
@@ -149,6 +155,31 @@ def _order_loop(base_url, user, stop: threading.Event, run: Run, lock) -> None:
         threads.append(thread)
     for thread in threads:
         thread.join(12)
+
+
+def _payments_figures(base_url: str) -> str:
+    """The payments breaker, bulkhead and deadlines as /metrics counted them in the run."""
+    from chaos.scenarios.observe import breaker_openings, fetch_metrics, metric_sum
+
+    metrics = fetch_metrics(base_url)
+    if metrics is None:
+        return "/metrics unavailable"
+    figures = {
+        "breaker opened": breaker_openings(metrics).get("payments", 0.0),
+        "calls refused by the open breaker": metric_sum(
+            metrics, "resilience_breaker_calls_not_permitted_total", dependency="payments"
+        ),
+        "slow calls": metric_sum(
+            metrics, "resilience_breaker_slow_calls_total", dependency="payments"
+        ),
+        "bulkhead rejections": metric_sum(
+            metrics, "resilience_bulkhead_rejected_total", dependency="payments"
+        ),
+        "budget or deadline cuts": metric_sum(
+            metrics, "resilience_deadline_exceeded_total", dependency="payments"
+        ),
+    }
+    return "; ".join(f"{name} {value:.0f}" for name, value in figures.items())
 
 
 def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
@@ -215,6 +246,7 @@ def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
         for thread in [reader_thread, *workers]:
             thread.join(15)
 
+        run.payments_figures = _payments_figures(endpoints.base_url)
         faults(latency_ms=0)
         placed = Order.objects.filter(created_at__gt=since) if since else Order.objects.all()
         started = time.monotonic()
@@ -224,6 +256,12 @@ def one_run(*, resilient: bool, clients: int, database_url: str) -> Run:
                 run.drained_s = time.monotonic() - started
                 break
             time.sleep(0.5)
+        if run.order_errors or any(not code.startswith("503") for code in run.read_error_codes):
+            # An undocumented answer is a bug: keep the stack's logs for whoever reads this.
+            kept = Path(tempfile.mkdtemp(prefix=f"bench-slow-payments-{run.label}-logs-"))
+            for log in Path(workdir).glob("*.log"):
+                shutil.copy(log, kept / log.name)
+            run.logs_kept = str(kept)
     return run
 
 
@@ -254,7 +292,13 @@ def describe(run: Run) -> list[str]:
         if run.order_refusals
         else ""
     )
-    return [reads, f"{'':<13} orders: {paid_line}, {deferred_line}{refused}"]
+    lines = [reads, f"{'':<13} orders: {paid_line}, {deferred_line}{refused}"]
+    if run.payments_figures:
+        lines.append(f"{'':<13} payments: {run.payments_figures}")
+    lines += [f"{'':<13} undocumented answer: {error}" for error in run.order_errors[:3]]
+    if run.logs_kept:
+        lines.append(f"{'':<13} the stack's logs: {run.logs_kept}")
+    return lines
 
 
 def main() -> None:
