@@ -63,11 +63,7 @@ def read_through(
     try:
         value = compute()
     except DEGRADE_ON:
-        if (
-            settings.RESILIENCE_ENABLED
-            and entry is not None
-            and now - entry["stored_at"] < stale_s
-        ):
+        if settings.RESILIENCE_ENABLED and entry is not None and now - entry["stored_at"] < stale_s:
             metrics.DEGRADED_RESPONSES.labels(dependency, "stale_cache").inc()
             return Read(entry["value"], stale=True, age_s=now - entry["stored_at"])
         raise

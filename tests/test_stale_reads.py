@@ -6,10 +6,9 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-
-from conftest import client_for
 from django.db import OperationalError
 
+from conftest import client_for
 from orders.models import Order
 from orders.services import order_create
 from resilience.breakers import breaker
