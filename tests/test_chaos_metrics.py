@@ -60,6 +60,8 @@ def test_metrics_show_a_postgres_cut_and_its_recovery(toxiproxy, user, tmp_path)
     )
     base = f"http://127.0.0.1:{port}"
     orders = f"{base}/api/v1/orders"
+    # A page never read while Postgres was up: no stale copy, so a refusal (resilience.stale).
+    unread_page = f"{orders}?page_size=9"
 
     def scrape() -> str:
         status, text = get(f"{base}/metrics")
@@ -83,13 +85,14 @@ def test_metrics_show_a_postgres_cut_and_its_recovery(toxiproxy, user, tmp_path)
 
         toxiproxy.set_enabled("postgres", False)
         wait_for(
-            lambda: get(orders, token)[0] == 503 and state() == 2,
+            lambda: get(unread_page, token)[0] == 503 and state() == 2,
             timeout=30,
             interval=0.05,
             what="breaker open in /metrics",
         )
         for _ in range(5):
-            assert get(orders, token)[0] == 503
+            assert get(unread_page, token)[0] == 503
+        assert get(orders, token)[0] == 200  # the page read before: served stale
         during = scrape()
         # Still in rotation (adr/0009): Redis answers, so stale reads and fast 503s do.
         ready_status, ready_body = get(f"{base}/readyz")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import uuid
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -43,10 +44,11 @@ def test_postgres_cut_gives_fast_503_then_recovers(toxiproxy, user, tmp_path, ca
         DATABASE_URL=f"postgres://{db['USER']}@127.0.0.1:{proxy_port}/{db['NAME']}",
         POSTGRES_BREAKER_RESET_S="1",
     )
-    url = f"http://127.0.0.1:{port}/api/v1/orders"
+    # The order detail of an order never read: no stale copy (resilience.stale) to answer.
+    url = f"http://127.0.0.1:{port}/api/v1/orders/{uuid.uuid4()}"
     command = GUNICORN_COMMAND
     with running(command, env=env, log_path=tmp_path / "web.log"):
-        wait_for(lambda: get(url, token)[0] == 200, timeout=30, what="web ready")
+        wait_for(lambda: get(url, token)[0] == 404, timeout=30, what="web ready")
 
         toxiproxy.set_enabled("postgres", False)
         # Until the breaker opens, requests wait for the pool (its short timeout) and fail.
@@ -69,7 +71,7 @@ def test_postgres_cut_gives_fast_503_then_recovers(toxiproxy, user, tmp_path, ca
 
         toxiproxy.set_enabled("postgres", True)
         cut_healed = time.perf_counter()
-        wait_for(lambda: get(url, token)[0] == 200, timeout=30, interval=0.1, what="recovery")
+        wait_for(lambda: get(url, token)[0] == 404, timeout=30, interval=0.1, what="recovery")
         recovered_in = time.perf_counter() - cut_healed
     with capsys.disabled():
         print(

@@ -17,7 +17,8 @@ def test_an_open_breakers_refusal_is_a_503_that_django_does_not_log(auth_client,
     auth_client.get("/api/v1/orders")  # the token is authenticated once while all is well
     breaker("postgres").open()
     with caplog.at_level("WARNING", logger="django.request"):
-        response = auth_client.get("/api/v1/orders")
+        # A page never read: no stale copy to answer with (resilience.stale).
+        response = auth_client.get("/api/v1/orders?page_size=7")
     assert response.status_code == 503
     assert response.json()["code"] == "dependency_unavailable"
     assert int(response["Retry-After"]) >= 1
