@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,6 +96,11 @@ class MemoryStorage(pybreaker.CircuitBreakerStorage):
     def cached_state(self, max_age_s: float) -> str:
         return self.state
 
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """Reads inside come from one snapshot (nothing to batch in memory)."""
+        yield
+
     def take_trial(self, episode: str) -> int:
         with self._guard:
             counts = self._trials.setdefault(episode, [0, 0, 0, 0])
@@ -176,6 +182,8 @@ class SharedStateStorage(MemoryStorage):
         self._key = f"resilience:breaker:{name}"
         self._client_factory = client_factory
         self._read_at = 0.0
+        # Per thread: the hash as one HGETALL read it, while a one_read() block runs.
+        self._snapshot = threading.local()
 
     def _redis(self, method: str, *args: Any) -> Any:
         """The command's answer, or :data:`UNAVAILABLE` when Redis cannot answer."""
@@ -187,12 +195,43 @@ class SharedStateStorage(MemoryStorage):
         except (redis.RedisError, BreakerOpenError):
             return UNAVAILABLE
 
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """Every field read inside answers from one ``HGETALL`` (Sentry's breaker reads its
+        Redis state in one pipeline): deciding on an open breaker reads the state, the
+        forced flag, when it opened and whether a probe is alive, one round trip each
+        before, six in all for one refused call. Writes inside update the snapshot, so a
+        transition made in the block is read back. Nested blocks share the outer read."""
+        if getattr(self._snapshot, "fields", None) is not None:
+            yield
+            return
+        self._snapshot.fields = self._redis("hgetall", self._key)
+        try:
+            yield
+        finally:
+            self._snapshot.fields = None
+
+    def _field(self, name: str) -> Any:
+        """One field of the hash: from the block's snapshot, else its own ``HGET``."""
+        fields = getattr(self._snapshot, "fields", None)
+        if fields is None:
+            return self._redis("hget", self._key, name)
+        if fields is UNAVAILABLE:
+            return UNAVAILABLE
+        return fields.get(name)
+
+    def _set_field(self, name: str, value: str) -> None:
+        fields = getattr(self._snapshot, "fields", None)
+        if isinstance(fields, dict):
+            fields[name] = value
+        self._redis("hset", self._key, name, value)
+
     def _trials_key(self, episode: str) -> str:
         return f"{self._key}:trials:{episode}"
 
     @property
     def state(self) -> str:
-        shared = self._redis("hget", self._key, "state")
+        shared = self._field("state")
         if shared is not UNAVAILABLE:
             # Redis is the truth when it answers: no state there (never opened, or a
             # Redis that restarted empty) is closed.
@@ -203,7 +242,7 @@ class SharedStateStorage(MemoryStorage):
     @state.setter
     def state(self, state: str) -> None:
         self._mirror_state = state
-        self._redis("hset", self._key, "state", state)
+        self._set_field("state", state)
 
     def shared_state(self) -> str | None:
         """The state Redis holds now (closed if never written); None when it cannot answer."""
@@ -220,7 +259,7 @@ class SharedStateStorage(MemoryStorage):
 
     @property
     def opened_at(self) -> datetime | None:
-        shared = self._redis("hget", self._key, "opened_at")
+        shared = self._field("opened_at")
         if shared not in (None, UNAVAILABLE):
             self._mirror_opened_at = datetime.fromtimestamp(float(shared), tz=UTC)
         return self._mirror_opened_at
@@ -228,7 +267,7 @@ class SharedStateStorage(MemoryStorage):
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
         self._mirror_opened_at = value
-        self._redis("hset", self._key, "opened_at", repr(value.timestamp()))
+        self._set_field("opened_at", repr(value.timestamp()))
 
     def take_trial(self, episode: str) -> int:
         key = self._trials_key(episode)
@@ -251,7 +290,7 @@ class SharedStateStorage(MemoryStorage):
 
     @property
     def forced(self) -> bool:
-        shared = self._redis("hget", self._key, "forced")
+        shared = self._field("forced")
         if shared is not UNAVAILABLE:
             self._forced = shared == "1"
         return self._forced
@@ -259,18 +298,18 @@ class SharedStateStorage(MemoryStorage):
     @forced.setter
     def forced(self, value: bool) -> None:
         self._forced = value
-        self._redis("hset", self._key, "forced", "1" if value else "0")
+        self._set_field("forced", "1" if value else "0")
 
     @property
     def probe_alive_at(self) -> float:
-        shared = self._redis("hget", self._key, "probe_alive_at")
+        shared = self._field("probe_alive_at")
         if shared not in (None, UNAVAILABLE):
             self._probe_alive_at = float(shared)
         return self._probe_alive_at
 
     def mark_probe_alive(self, at: float) -> None:
         self._probe_alive_at = at
-        self._redis("hset", self._key, "probe_alive_at", repr(at))
+        self._set_field("probe_alive_at", repr(at))
 
     def acquire_probe_lock(self, ttl_s: float) -> str | None:
         """One prober for the fleet: ``SET NX PX`` (Redis down: each process probes)."""

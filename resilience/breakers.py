@@ -174,6 +174,10 @@ class Breaker:
 
     def open_remaining_s(self) -> float:
         """Seconds until the open period ends (0 when not open)."""
+        with self.storage.one_read():
+            return self._open_remaining_s()
+
+    def _open_remaining_s(self) -> float:
         if self.current_state != OPEN:
             return 0.0
         if self.storage.forced:
@@ -251,8 +255,14 @@ class Breaker:
     def _admit(self) -> str | None:
         """Admit or refuse; return the half-open episode when the call is a trial."""
         cache_s = settings.RESILIENCE.get("breaker_state_cache_s", 0.0)
-        if self.storage.cached_state(cache_s) == CLOSED and self._seen == CLOSED:
+        if self._seen == CLOSED and self.storage.cached_state(cache_s) == CLOSED:
             return None
+        # Not closed (here, or in the shared state): the decision reads several fields of
+        # the shared state; one round trip reads them all.
+        with self.storage.one_read():
+            return self._admit_unless_closed()
+
+    def _admit_unless_closed(self) -> str | None:
         state = self._sync()
         if state == CLOSED:
             return None
@@ -260,7 +270,7 @@ class Breaker:
             self._ensure_probe_runner()
             if self.storage.forced:
                 raise self._refuse(self.policy.reset_timeout_s)
-            remaining = self.open_remaining_s()
+            remaining = self._open_remaining_s()
             if remaining > 0:
                 raise self._refuse(remaining)
             if self._probe_owns_recovery():

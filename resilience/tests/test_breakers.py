@@ -457,3 +457,30 @@ def test_a_closed_shared_breaker_reads_redis_once_per_cache_period(settings):
     make_breaker("cached-dep", storage=SharedStateStorage("cached-dep", _shared_state_redis)).open()
     with pytest.raises(BreakerOpenError):
         cb.call(lambda: None)
+
+
+def test_an_open_shared_breaker_decides_on_one_read_of_its_state(settings):
+    """A refusal reads the state, the forced flag, the opening time and the probe's
+    heartbeat: one HGETALL, not a round trip each (they were six per refused call)."""
+    settings.RESILIENCE = {**settings.RESILIENCE, "breaker_state_cache_s": 0.0}
+    counting = CountingClient()
+    cb = make_breaker(
+        "batched-dep",
+        storage=SharedStateStorage("batched-dep", lambda: counting),
+        reset_timeout_s=60,
+    )
+    cb.open()
+    try:
+        for _ in range(5):
+            counting.sent.clear()
+            with pytest.raises(BreakerOpenError) as refused:
+                cb.call(lambda: None)
+            assert counting.sent == ["hgetall"]
+        assert 0 < refused.value.retry_after_s <= 60
+        # A state changed in Redis by another process is still what decides.
+        make_breaker(
+            "batched-dep", storage=SharedStateStorage("batched-dep", _shared_state_redis)
+        ).close()
+        assert cb.call(lambda: "through") == "through"
+    finally:
+        cb.close()
