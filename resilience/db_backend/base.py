@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from resilience import metrics, socket_deadline
 from resilience.breakers import breaker
-from resilience.db_backend.reachability import Reachability, counted_connection_class
+from resilience.db_backend.reachability import Reachability, ReachabilityPool
 
 # Exported from 0 by every process that talks to Postgres, so rate() sees the first one.
 metrics.SOCKET_DEADLINE_EXCEEDED.labels("postgres")
@@ -88,12 +88,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # fast within that long after a failed attempt to open one.
             # (30 s: psycopg_pool's own default, for a pool configured without one.)
             reachability = Reachability(window_s=options.get("timeout", 30.0))
-            pool = ConnectionPool(
+            pool = ReachabilityPool(
                 kwargs=connect_kwargs,
                 open=False,
                 configure=self._configure_connection,
                 check=check,
-                connection_class=counted_connection_class(reachability),
+                reachability=reachability,
                 **options,
             )
             if self._connection_pools.setdefault(self.alias, pool) is pool:
@@ -119,8 +119,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return breaker("postgres").call(self._checkout, conn_params)
 
     def _checkout(self, conn_params: dict[str, Any]) -> Any:
-        if self.pool is not None and self.alias in self._reachability:
-            self._reachability[self.alias].refuse_if_unreachable()
+        # The pool (ReachabilityPool) refuses at once, or mid-wait, while Postgres is
+        # known unreachable.
         return super().get_new_connection(conn_params)
 
     # COMMIT and ROLLBACK go to psycopg directly, not through the execute wrappers.

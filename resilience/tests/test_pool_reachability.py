@@ -55,10 +55,13 @@ def test_a_checkout_fails_at_once_while_postgres_refuses_connections(toxiproxy):
         reach = DatabaseWrapper._reachability[wrapper.alias]
         assert reach.alive >= 1
         toxiproxy.set_enabled("pg-deadline", False)  # closes its streams, refuses new ones
-        # The first checkout finds the pooled connections dead, drops them, and waits
-        # the pool timeout while the pool's attempts to open new ones are refused.
+        # The first checkout finds the pooled connections dead and waits while the
+        # pool's attempts to open new ones are refused: one slice of the wait, not the
+        # pool timeout, once the first attempt has failed.
         first = run_query(wrapper, "SELECT 1", 10)
         assert isinstance(first["error"], OperationalError), first
+        assert "postgres unreachable" in str(first["error"])
+        assert first["took_s"] < POOL_TIMEOUT_S / 2
         assert reach.alive == 0
         assert reach.failed_at is not None
         second = run_query(wrapper, "SELECT 1", 10)
