@@ -198,7 +198,8 @@ SCENARIOS: dict[str, Scenario] = {
             fault=ProxyDown("postgres"),
             dependency="postgres",
             expect_breaker=True,
-            # A thread's first checkout waits the pool (1 s); then fast (adr/0016).
+            # A thread's first checkout gives up within a slice (0.1 s) of the first refused
+            # connection attempt; then fast (adr/0016).
             p99_bound_s=2.5,
             recover_bound_s=20.0,  # breaker reset (5 s by default) plus the trial
             what_users_see="503 problem+json with Retry-After, fast once the breaker is open.",
