@@ -26,6 +26,9 @@ BENCHMARKS = [
 
 
 def main(argv: list[str]) -> int:
+    from chaos.scenarios.stack import stop_stacks_on_sigterm
+
+    stop_stacks_on_sigterm()  # a killed bench stops the stacks it started
     names = [arg for arg in argv if not arg.startswith("-")]
     options = [arg for arg in argv if arg.startswith("-")]  # for bench.peers (--long...)
     selected = [b for b in BENCHMARKS if not names or b.rsplit(".", 1)[-1] in names]

@@ -28,6 +28,24 @@ from chaos.scenarios.faults import Endpoints
 from chaos.scenarios.load import settings_of_env
 from chaos.toxiproxy_client import ToxiproxyClient
 
+
+def stop_stacks_on_sigterm() -> None:
+    """Make SIGTERM unwind the stack like Ctrl-C does, so every ``with LocalStack``
+    stops the processes it started. Python's default for SIGTERM ends the process
+    without running ``finally`` blocks: a killed ``chaos run`` left its gunicorn, Celery
+    worker and beat running, and that worker took the next runs' tasks from the shared
+    broker (their deferred orders were never paid). Main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def unwind(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0

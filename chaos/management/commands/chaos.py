@@ -114,7 +114,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         from chaos.scenarios import ChaosError
+        from chaos.scenarios.stack import stop_stacks_on_sigterm
 
+        stop_stacks_on_sigterm()
         try:
             getattr(self, f"_{action}")(**options)
         except ChaosError as exc:
