@@ -33,8 +33,8 @@ def stop_stacks_on_sigterm() -> None:
     """Make SIGTERM unwind the stack like Ctrl-C does, so every ``with LocalStack``
     stops the processes it started. Python's default for SIGTERM ends the process
     without running ``finally`` blocks: a killed ``chaos run`` left its gunicorn, Celery
-    worker and beat running, and that worker took the next runs' tasks from the shared
-    broker (their deferred orders were never paid). Main thread only."""
+    worker, beat, proxy and simulators running until they were killed by hand, holding
+    CPU and connections under every run after it. Main thread only."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():

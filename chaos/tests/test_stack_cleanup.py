@@ -1,8 +1,8 @@
 """A SIGTERM'd chaos run or bench stops the processes its stacks started.
 
 Python's default for SIGTERM skips ``finally`` blocks; the harness's stacks stop their
-processes in ``__exit__``. A run killed that way once left a Celery worker consuming the
-shared broker's queues, and the next runs' deferred orders were never paid.
+processes in ``__exit__``. A run killed that way once left its whole stack (gunicorn, a
+Celery worker with beat, the proxy, the simulators) running under every later run.
 """
 
 from __future__ import annotations
