@@ -54,9 +54,6 @@ def _guarded_execute(execute, sql, params, many, context):
 class DatabaseWrapper(base.DatabaseWrapper):
     """Connections and queries go through the breaker (when resilience is enabled)."""
 
-    # One per pooled alias, as Django keeps one pool per alias (_connection_pools).
-    _reachability: dict[str, Reachability] = {}
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if settings.RESILIENCE_ENABLED:
@@ -96,8 +93,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 reachability=reachability,
                 **options,
             )
-            if self._connection_pools.setdefault(self.alias, pool) is pool:
-                self._reachability[self.alias] = reachability
+            self._connection_pools.setdefault(self.alias, pool)
         return self._connection_pools[self.alias]
 
     def _configure_connection(self, connection: psycopg.Connection) -> Any:
@@ -116,12 +112,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not settings.RESILIENCE_ENABLED:
             return super().get_new_connection(conn_params)
-        return breaker("postgres").call(self._checkout, conn_params)
-
-    def _checkout(self, conn_params: dict[str, Any]) -> Any:
         # The pool (ReachabilityPool) refuses at once, or mid-wait, while Postgres is
-        # known unreachable.
-        return super().get_new_connection(conn_params)
+        # known unreachable; the breaker counts that as the failure it is.
+        return breaker("postgres").call(super().get_new_connection, conn_params)
 
     # COMMIT and ROLLBACK go to psycopg directly, not through the execute wrappers.
     def _commit(self) -> None:

@@ -11,7 +11,6 @@ import pytest
 from django.db import OperationalError
 
 from resilience.db import is_connection_failure
-from resilience.db_backend.base import DatabaseWrapper
 from resilience.db_backend.reachability import PostgresUnreachable, Reachability
 from resilience.tests.clock import Clock
 from resilience.tests.test_socket_deadline import run_query, through_the_proxy
@@ -52,7 +51,7 @@ def test_a_checkout_fails_at_once_while_postgres_refuses_connections(toxiproxy):
     for wrapper in through_the_proxy(toxiproxy, pool):
         assert run_query(wrapper, "SELECT 1", 10)["rows"] == [(1,)]
         wrapper.close()  # the connection goes back to the pool, idle
-        reach = DatabaseWrapper._reachability[wrapper.alias]
+        reach = wrapper.pool.reachability
         assert reach.alive >= 1
         toxiproxy.set_enabled("pg-deadline", False)  # closes its streams, refuses new ones
         # The first checkout finds the pooled connections dead and waits while the
