@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,8 +36,6 @@ def stop_stacks_on_sigterm() -> None:
     without running ``finally`` blocks: a killed ``chaos run`` left its gunicorn, Celery
     worker, beat, proxy and simulators running until they were killed by hand, holding
     CPU and connections under every run after it. Main thread only."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return
 
