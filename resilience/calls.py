@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 from django.conf import settings
@@ -48,24 +48,43 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
-# Seconds spent in dependency calls by the current request, when someone is counting
-# (the concurrency limiter: a slow provider is the bulkhead's business, not overload).
+# Seconds spent waiting on dependencies by the current request, when someone is counting
+# (the concurrency limiter: latency that a dependency adds is not this process's queue).
 _dependency_wait: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "dependency_wait", default=None
 )
 
 
 def count_dependency_wait() -> tuple[list[float], contextvars.Token]:
-    """Start counting the time this context spends in :func:`call`; ``holder[0]`` grows.
+    """Start counting the time this context waits on dependencies; ``holder[0]`` grows.
 
     Give the token back with :func:`stop_counting_dependency_wait`.
     """
-    holder = [0.0]
+    holder = [0.0, 0.0]  # seconds waited, and how deep in waiting_on_dependency we are
     return holder, _dependency_wait.set(holder)
 
 
 def stop_counting_dependency_wait(token: contextvars.Token) -> None:
     _dependency_wait.reset(token)
+
+
+@contextmanager
+def waiting_on_dependency() -> Iterator[None]:
+    """Count the enclosed time as waiting on a dependency (a :func:`call`, a Postgres
+    query, commit or checkout). Nested waits count once: a connection opened inside a
+    query is the same wait."""
+    holder = _dependency_wait.get()
+    if holder is None:
+        yield
+        return
+    holder[1] += 1
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        holder[1] -= 1
+        if holder[1] == 0:
+            holder[0] += time.perf_counter() - started
 
 
 def call(
@@ -77,13 +96,8 @@ def call(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``attempt(timeouts)`` under every policy configured for ``dependency``."""
-    started = time.perf_counter()
-    try:
+    with waiting_on_dependency():
         return _call(dependency, attempt, retryable=retryable, idempotent=idempotent, sleep=sleep)
-    finally:
-        holder = _dependency_wait.get()
-        if holder is not None:
-            holder[0] += time.perf_counter() - started
 
 
 def _call(

@@ -12,7 +12,10 @@ work:
   ``limit = limit x clamp(minRTT x (1 + buffer) / sampleRTT, 0.5, 2) + sqrt(limit)``
   within ``min_limit`` and ``max_limit``, where minRTT is measured now and then by
   pinning the limit to a low concurrency for a few requests. While latency stays near
-  minRTT the limit grows; when requests queue for the GIL or the CPU it shrinks.
+  minRTT the limit grows; when requests queue for the GIL or the CPU it shrinks. The
+  RTTs are the process's own part of each request; the time it waited on Postgres or a
+  provider is added to both sides, so a slow dependency, which fewer requests in flight
+  would not make faster, does not shrink the limit.
   ``algorithm: "gradient2"`` (Netflix's, against a long-term average) and
   ``mode: "static"`` (the limit fixed) stay for comparison.
 * **Priorities** (``critical``, ``normal``, ``best_effort``): each has a guaranteed share
@@ -268,14 +271,17 @@ class ConcurrencyLimiter:
             self.in_flight[level] += 1
             return None
 
-    def release(self, level: str, rtt_s: float | None, started_s: float) -> int:
-        """Give the slot back; ``rtt_s`` (served requests only; admitted at ``started_s``
-        on the limiter's clock) feeds the adaptive limit. Returns the limit now, read
-        under the lock (reading it may end a minRTT measurement whose time is up)."""
+    def release(
+        self, level: str, rtt_s: float | None, started_s: float, waited_s: float = 0.0
+    ) -> int:
+        """Give the slot back; ``rtt_s`` (the process's own part of a served request,
+        admitted at ``started_s`` on the limiter's clock) and ``waited_s`` (the rest: its
+        dependency waits) feed the adaptive limit. Returns the limit now, read under the
+        lock (reading it may end a minRTT measurement whose time is up)."""
         with self._lock:
             self.in_flight[level] -= 1
             if rtt_s is not None and self.cfg.mode == "adaptive":
-                self.gradient.sample(rtt_s, started_s)
+                self.gradient.sample(rtt_s, started_s, waited_s)
             return self.limit
 
 
@@ -335,11 +341,13 @@ class ConcurrencyLimitMiddleware:
                 level, started, waited, token = admitted
                 stop_counting_dependency_wait(token)
                 served = response is not None and response.status_code < 500
-                # The latency the limit follows is the process's own: time spent waiting
-                # on a slow provider is held by its bulkhead, and is not overload here.
-                rtt = max(0.0, time.monotonic() - started - waited[0])
+                # The limit follows the process's own latency, weighed by the whole: time
+                # spent waiting on Postgres or a provider is not this process's queue, and
+                # fewer requests in flight would not shorten it (concurrency_limits).
+                total = time.monotonic() - started
+                rtt = max(0.0, total - waited[0])
                 state = limiter()
-                limit = state.release(level, rtt if served else None, started)
+                limit = state.release(level, rtt if served else None, started, total - rtt)
                 metrics.CONCURRENCY_IN_FLIGHT.dec()
                 _export(state, limit)
 
@@ -372,6 +380,7 @@ def _export(state: ConcurrencyLimiter, limit: int) -> None:
     if state.gradient.short_rtt is not None:
         metrics.CONCURRENCY_RTT.labels("short").set(state.gradient.short_rtt)
         metrics.CONCURRENCY_RTT.labels("long").set(state.gradient.long_rtt or 0.0)
+        metrics.CONCURRENCY_RTT.labels("dependency_wait").set(state.gradient.wait_rtt or 0.0)
 
 
 def shed(request: HttpRequest, decision: ShedDecision) -> HttpResponse:

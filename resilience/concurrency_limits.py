@@ -1,15 +1,23 @@
 """The adaptive concurrency limit's algorithms (adr/0010): how the limit follows latency.
 
-Both take one latency sample per served request (``sample``: its latency and when it
-was admitted, on the limiter's clock) and expose the limit in
-force (``limit``), the last window's latency (``short_rtt``) and the reference it is
-compared with (``long_rtt``):
+Both take one sample per served request (``sample``: the latency of the process's own
+part of it, the time it waited on dependencies, and when it was admitted, on the
+limiter's clock) and expose the limit in force (``limit``), the last window's own
+latency (``short_rtt``) and the reference it is compared with (``long_rtt``):
 
 * ``MinRttGradientLimit`` (the default, ``algorithm: "gradient"``): Envoy's adaptive
   concurrency gradient controller. The reference is the *minimum* RTT, measured now and
   then by pinning the limit to a low concurrency for a few requests; per window,
   ``limit = limit x clamp((minRTT x (1 + buffer)) / sampleRTT, 0.5, 2) + sqrt(limit)``,
-  where both RTTs are means (``typical_rtt``).
+  where both RTTs are means (``typical_rtt``) of the process's own part of each
+  request: its latency minus what it waited on dependencies (Postgres, providers). A
+  slow dependency is not this process's queue, and fewer requests in flight would not
+  shorten it: with Postgres 150 ms slower per round trip the whole latency rose from
+  30 ms to 3 s, the own part did not rise at all, and counting the whole took the limit
+  to its floor and shed 70% of what the unprotected service served (adr/0010). The wait
+  is kept (``wait_rtt``) for the dashboard, not followed: weighing the gradient by it
+  left the limit too gentle in a CPU overload, where Postgres, on the same cores, is
+  slower too.
   The reference is re-measured, never averaged, so a standing overload cannot become
   the new normal (the limit stays where latency is near minRTT), while a latency that
   rose for a reason fewer requests cannot mend (another process taking the CPU) is
@@ -50,8 +58,9 @@ class Limit(Protocol):
     limit: float
     short_rtt: float | None
     long_rtt: float | None
+    wait_rtt: float | None
 
-    def sample(self, rtt_s: float, started_s: float) -> None: ...
+    def sample(self, rtt_s: float, started_s: float, waited_s: float = 0.0) -> None: ...
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -86,20 +95,24 @@ class _Windows:
         self._clock = clock
         self.started = clock()
         self.latencies: list[float] = []
+        self.waits: list[float] = []
 
-    def add(self, rtt_s: float) -> list[float] | None:
-        """Record one latency; the window's latencies when it has closed, else None."""
+    def add(self, rtt_s: float, waited_s: float = 0.0) -> tuple[list[float], float] | None:
+        """Record one request; when the window has closed, its own latencies and its mean
+        dependency wait, else None."""
         self.latencies.append(rtt_s)
+        self.waits.append(waited_s)
         now = self._clock()
         if now - self.started < self.cfg.window_s:
             return None
         if len(self.latencies) < self.cfg.min_window_samples:
             return None
-        closed, self.latencies, self.started = self.latencies, [], now
-        return closed
+        closed, mean_wait = self.latencies, sum(self.waits) / len(self.waits)
+        self.latencies, self.waits, self.started = [], [], now
+        return closed, mean_wait
 
     def restart(self) -> None:
-        self.latencies, self.started = [], self._clock()
+        self.latencies, self.waits, self.started = [], [], self._clock()
 
 
 class MinRttGradientLimit:
@@ -118,6 +131,7 @@ class MinRttGradientLimit:
         self._estimate = float(cfg.initial_limit)
         self.min_rtt: float | None = None
         self.short_rtt: float | None = None
+        self.wait_rtt: float | None = None
         self._windows = _Windows(cfg, clock)
         self._at_minimum = 0
         self._dive: _Dive | None = None
@@ -151,7 +165,7 @@ class MinRttGradientLimit:
     def long_rtt(self) -> float | None:
         return self.min_rtt
 
-    def sample(self, rtt_s: float, started_s: float) -> None:
+    def sample(self, rtt_s: float, started_s: float, waited_s: float = 0.0) -> None:
         now = self._clock()
         if self.min_rtt is None and self._served < WARM_UP_REQUESTS:
             self._served += 1
@@ -171,9 +185,10 @@ class MinRttGradientLimit:
             self._dive.after.append(rtt_s)
         if self._cut_at is not None and started_s >= self._cut_at:
             self._cut_seen = True
-        window = self._windows.add(rtt_s)
+        window = self._windows.add(rtt_s, waited_s)
         if window is not None and self.min_rtt is not None:
-            self._update(typical_rtt(window, self.cfg), now)
+            latencies, mean_wait = window
+            self._update(typical_rtt(latencies, self.cfg), mean_wait, now)
 
     def _start_measuring(self, now: float) -> None:
         self._measuring_since = now
@@ -200,9 +215,9 @@ class MinRttGradientLimit:
         spread = self.cfg.min_rtt_interval_s * self.cfg.min_rtt_jitter * self._jitter()
         self._next_measurement = now + self.cfg.min_rtt_interval_s + spread
 
-    def _update(self, sample_rtt: float, now: float) -> None:
+    def _update(self, sample_rtt: float, mean_wait: float, now: float) -> None:
         cfg = self.cfg
-        self.short_rtt = sample_rtt
+        self.short_rtt, self.wait_rtt = sample_rtt, mean_wait
         reference = self.min_rtt * (1 + cfg.min_rtt_buffer)
         low, high = GRADIENT_BOUNDS
         gradient = max(low, min(high, reference / max(sample_rtt, 1e-6)))
@@ -291,14 +306,17 @@ class Gradient2Limit:
         self.limit = float(cfg.initial_limit)
         self.long_rtt: float | None = None
         self.short_rtt: float | None = None
+        self.wait_rtt: float | None = None
         self._windows = _Windows(cfg, clock)
         self._long_count = 0
 
-    def sample(self, rtt_s: float, started_s: float) -> None:
-        """One completed request; moves the limit once per window of samples."""
-        window = self._windows.add(rtt_s)
+    def sample(self, rtt_s: float, started_s: float, waited_s: float = 0.0) -> None:
+        """One completed request; moves the limit once per window of samples. Its
+        latency is the whole of it, dependency waits included, as Netflix's."""
+        window = self._windows.add(rtt_s + waited_s)
         if window is not None:
-            self._update(sum(window) / len(window))
+            latencies, _ = window
+            self._update(sum(latencies) / len(latencies))
 
     def _update(self, short: float) -> None:
         cfg = self.cfg

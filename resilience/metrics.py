@@ -129,9 +129,10 @@ CONCURRENCY_SHED = Counter(
 )
 CONCURRENCY_RTT = Gauge(
     "resilience_concurrency_rtt_seconds",
-    "Request latency the adaptive limit follows: the last window's (short) and the"
-    " reference it is compared with (long: the measured minRTT, or Gradient2's long-term"
-    " average).",
+    "Request latency the adaptive limit follows: the process's own part of the last"
+    " window's requests (short), the reference it is compared with (long: the measured"
+    " minRTT, or Gradient2's long-term average), and the window's mean wait on"
+    " dependencies (dependency_wait).",
     ["window"],
     multiprocess_mode="livemax",
 )

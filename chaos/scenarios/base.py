@@ -75,6 +75,9 @@ class Scenario:
     healthy_when: Callable[[Sample], bool] | None = None
     default_duration_s: float = 30.0
     ci_duration_s: float = 4.0
+    # The shortest fault its report runs (chaos report): a fault that shows its point only
+    # once the baseline's queue has grown past what users wait for.
+    report_min_duration_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -176,12 +176,20 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             name="postgres-slow",
             beats_baseline_by=10.0,
-            summary="Every Postgres round trip 50 ms slower (latency toxic, 20 ms jitter)",
-            fault=ProxyToxic("postgres", "latency", (("latency", 50), ("jitter", 20))),
+            summary="Every Postgres round trip 150 ms slower (latency toxic, 30 ms jitter)",
+            # 150 ms, not 50: at 50 ms the capacity the fault leaves (32 threads / 0.6 s =
+            # 53 requests/s) is above what a 2-core machine serves healthy (48 to 54), so
+            # the collapse load was clipped below it and the baseline was never pushed
+            # past its capacity. At 150 ms it is 17.8 requests/s, and 1.5x of it fits.
+            fault=ProxyToxic("postgres", "latency", (("latency", 150), ("jitter", 30))),
             # For the collapse load: measured at 50 ms per round trip, an order creation
             # took about 1.05 s (20 round trips) and a read 0.25 s (5) at their p50
             # (chaos run postgres-slow, 2026-12-03); half the traffic each: about 12.
             extra={"round_trips_per_request": 12},
+            # At 1.5x its capacity the baseline's queue wait grows by 0.5 s a second and
+            # reaches the users' 10 s timeout 20 s into the fault; a 20 s fault ends just
+            # before the collapse, and the queue drains at healthy speed after the heal.
+            report_min_duration_s=60.0,
             dependency="postgres",
             expect_breaker=False,  # slow is not down: statement timeouts, not the breaker
             p99_bound_s=6.0,  # the request deadline (5 s) plus queueing

@@ -86,6 +86,10 @@ class Observation:
     opened: Mapping[str, float] = field(default_factory=dict)  # transitions to open so far
     # The load shedder's limit summed over the web processes (None: not exported).
     concurrency_limit: float | None = None
+    # The latencies the limit follows, the highest of the processes', by window
+    # (short: the process's own part of the last window's requests; long: the reference;
+    # dependency_wait: the window's mean wait on dependencies).
+    concurrency_rtt: Mapping[str, float] = field(default_factory=dict)
 
 
 class Observer:
@@ -124,6 +128,11 @@ class Observer:
         if not metrics:
             return Observation(t, {}, status, degraded)
         limit = [v for (name, _), v in metrics.items() if name == "resilience_concurrency_limit"]
+        rtt = {
+            dict(labels).get("window", ""): v
+            for (name, labels), v in metrics.items()
+            if name == "resilience_concurrency_rtt_seconds"
+        }
         return Observation(
             t,
             breaker_states(metrics),
@@ -131,4 +140,5 @@ class Observer:
             degraded,
             breaker_openings(metrics),
             sum(limit) if limit else None,
+            rtt,
         )

@@ -284,9 +284,10 @@ def _beside(ctx: RunContext, baseline: RunContext) -> list[str]:
         if mine is None or other is None:
             continue
         answer = "yes" if figures["baseline_failed_what_resilient_served"] else "no"
+        per = " of the orders placed (one per key, retries included)" if name == "orders" else ""
         lines.append(
             f"| baseline failed {name} the resilient run served | {answer} "
-            f"(served {mine:.0%} resilient, {other:.0%} baseline) |"
+            f"(served {mine:.0%} resilient, {other:.0%} baseline{per}) |"
         )
     lines.append(
         "| requests slower than their healthy p99 + the slow-call threshold after the "

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from resilience import metrics, socket_deadline
 from resilience.breakers import breaker
+from resilience.calls import waiting_on_dependency
 from resilience.db_backend.reachability import Reachability, ReachabilityPool
 
 # Exported from 0 by every process that talks to Postgres, so rate() sees the first one.
@@ -47,7 +48,7 @@ def _deadlined_check(deadline_s: float | None):
 
 def _guarded_execute(execute, sql, params, many, context):
     connection = context["connection"]
-    with connection.read_deadline():
+    with waiting_on_dependency(), connection.read_deadline():
         return breaker("postgres").call(execute, sql, params, many, context)
 
 
@@ -114,13 +115,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return super().get_new_connection(conn_params)
         # The pool (ReachabilityPool) refuses at once, or mid-wait, while Postgres is
         # known unreachable; the breaker counts that as the failure it is.
-        return breaker("postgres").call(super().get_new_connection, conn_params)
+        with waiting_on_dependency():
+            return breaker("postgres").call(super().get_new_connection, conn_params)
 
     # COMMIT and ROLLBACK go to psycopg directly, not through the execute wrappers.
     def _commit(self) -> None:
-        with self.read_deadline():
+        with waiting_on_dependency(), self.read_deadline():
             super()._commit()
 
     def _rollback(self) -> None:
-        with self.read_deadline():
+        with waiting_on_dependency(), self.read_deadline():
             super()._rollback()

@@ -47,14 +47,17 @@ def cfg(settings):
     )
 
 
-def run_windows(limit, clock: Clock, rtt_s: float, windows: int) -> list[float]:
-    """Feed ``windows`` windows of requests of ``rtt_s``, with the limit fully used."""
+def run_windows(
+    limit, clock: Clock, rtt_s: float, windows: int, waited_s: float = 0.0
+) -> list[float]:
+    """Feed ``windows`` windows of requests whose own part took ``rtt_s`` and which
+    waited ``waited_s`` on dependencies, with the limit fully used."""
     seen = []
     for _ in range(windows):
         for _ in range(limit.cfg.min_window_samples):
-            limit.sample(rtt_s, clock.now)
+            limit.sample(rtt_s, clock.now, waited_s)
         clock.now += limit.cfg.window_s
-        limit.sample(rtt_s, clock.now)
+        limit.sample(rtt_s, clock.now, waited_s)
         seen.append(limit.limit)
     return seen
 
@@ -150,6 +153,26 @@ def test_a_latency_that_cutting_the_limit_does_not_mend_becomes_min_rtt_at_once(
     assert limit.min_rtt == pytest.approx(0.100)
     assert min(seen) >= cfg.max_limit / 4  # never near the floor
     assert seen[-1] == cfg.max_limit
+
+
+def test_a_slow_dependency_does_not_shrink_the_limit_but_queueing_in_the_process_does(cfg):
+    """The limit follows the process's own part of each request. Every Postgres round
+    trip 150 ms slower (postgres-slow): a request waits 1.8 s on Postgres and its own
+    part stays near minRTT; fewer in flight would not make it faster, and the limit stays
+    at the threads. Fed as the request's latency, the same 1.8 s halves it at once. A
+    process whose own latency follows what it admits is queueing: the limit is cut."""
+    clock = Clock()
+    limit = measured(cfg, clock, 0.010)
+    run_windows(limit, clock, 0.011, 10)
+    slow_dependency = run_windows(limit, clock, 0.011, 20, waited_s=1.8)
+    assert min(slow_dependency) == cfg.max_limit
+    assert limit.wait_rtt == pytest.approx(1.8)
+    assert queueing(limit, clock, 10)[-1] <= 8
+
+    other_clock = Clock()
+    whole = measured(cfg, other_clock, 0.010)
+    run_windows(whole, other_clock, 0.011, 10)
+    assert run_windows(whole, other_clock, 1.811, 1)[-1] < 0.7 * cfg.max_limit  # halved, + sqrt
 
 
 def test_a_long_overload_cannot_become_the_new_normal_against_a_measured_min_rtt(cfg):
@@ -286,13 +309,19 @@ def test_a_gradient2_limit_shrunk_by_a_spike_grows_back_whatever_the_traffic_use
     assert limit.limit >= 0.9 * cfg.max_limit
 
 
-def test_time_spent_waiting_on_a_dependency_is_not_counted_as_overload(payments, cfg):
-    """A slow provider is held by its bulkhead; the limit follows the process's own work."""
+@pytest.mark.django_db(transaction=True)
+def test_time_spent_waiting_on_postgres_or_a_provider_is_counted_as_dependency_wait(payments, cfg):
+    """The limiter samples a request's own part and its dependency waits apart: a call
+    through ``resilience.calls`` and every Postgres query, commit and checkout count."""
+    from django.db import connection, transaction
+
     from resilience.calls import count_dependency_wait, stop_counting_dependency_wait
     from resilience.http import client
 
     payments.set_faults(latency_ms=150)
+    connection.close()  # the checkout below is a wait too
     waited, token = count_dependency_wait()
+    started = time.perf_counter()
     try:
         client("payments").request(
             "POST",
@@ -300,14 +329,26 @@ def test_time_spent_waiting_on_a_dependency_is_not_counted_as_overload(payments,
             json={"order_id": "o-wait", "amount": 100, "currency": "EUR"},
             idempotency_key="k-wait",
         )
+        on_payments = waited[0]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(0.2)")
+        python_work_until = time.perf_counter() + 0.05
+        while time.perf_counter() < python_work_until:  # bounded: 50 ms of own work
+            pass
     finally:
         stop_counting_dependency_wait(token)
-    assert waited[0] >= 0.15
-    # A request that spent most of its time on payments samples only the rest.
-    limiter = ConcurrencyLimiter(dataclasses.replace(cfg, algorithm="gradient2"))
+    total = time.perf_counter() - started
+    assert on_payments >= 0.15
+    assert waited[0] - on_payments >= 0.2  # the query (and the checkout, the commit)
+    assert total - waited[0] >= 0.05  # the process's own work is not a wait
+    # The limit samples both: the own part, and the wait added to both sides.
+    limiter = ConcurrencyLimiter(cfg)
+    limiter.gradient.min_rtt = 0.01  # measured, and not due again
+    limiter.gradient._next_measurement = math.inf
     assert limiter.try_acquire("critical") is None
-    limiter.release("critical", rtt_s=max(0.0, 0.16 - waited[0]), started_s=time.monotonic())
-    assert limiter.gradient._windows.latencies == [pytest.approx(0.0, abs=0.02)]
+    limiter.release("critical", total - waited[0], time.monotonic(), waited[0])
+    assert limiter.gradient._windows.latencies == [pytest.approx(total - waited[0])]
+    assert limiter.gradient._windows.waits == [pytest.approx(waited[0])]
 
 
 def test_static_mode_keeps_its_limit(cfg):

@@ -250,12 +250,14 @@ class Command(BaseCommand):
         failed = []
         for name in names:
             chosen = self._scenario(name)
+            duration = max(options["duration"], chosen.report_min_duration_s or 0.0)
             command = (
                 f"python manage.py chaos run {name} --baseline --load collapse "
-                f"--duration {options['duration']:g} --steady {options['steady']:g} "
+                f"--duration {duration:g} --steady {options['steady']:g} "
                 f"--seed {options['seed']} --max-rps {options['max_rps']:g}"
             )
-            if not self._experiment(chosen, out / name, kwargs, baseline=True, command=command):
+            runs = {**kwargs, "duration_s": duration}
+            if not self._experiment(chosen, out / name, runs, baseline=True, command=command):
                 failed.append(name)
         self.stdout.write(f"reports in {out}/<scenario>/; FAIL: {', '.join(failed) or 'none'}")
         if failed:
