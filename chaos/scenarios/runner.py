@@ -940,13 +940,13 @@ def compare_with_baseline(ctx: RunContext, baseline: RunContext) -> dict[str, An
     classes = {}
     failed_more = []
     for name in ("reads", "orders"):
+        mine, other = ours["classes"][name], theirs["classes"][name]
         if name == "orders":
             (total_mine, got_mine), (total_other, got_other) = (
                 order_intents(ctx),
                 order_intents(baseline),
             )
         else:
-            mine, other = ours["classes"][name], theirs["classes"][name]
             total_mine, got_mine = mine["requests"] + mine["not_sent"], mine["served"]
             total_other, got_other = other["requests"] + other["not_sent"], other["served"]
         served_mine = got_mine / total_mine if total_mine else None
