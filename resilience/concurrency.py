@@ -13,9 +13,9 @@ work:
   within ``min_limit`` and ``max_limit``, where minRTT is measured now and then by
   pinning the limit to a low concurrency for a few requests. While latency stays near
   minRTT the limit grows; when requests queue for the GIL or the CPU it shrinks. The
-  RTTs are the process's own part of each request; the time it waited on Postgres or a
-  provider is added to both sides, so a slow dependency, which fewer requests in flight
-  would not make faster, does not shrink the limit.
+  RTTs are the process's own part of each request: the time it waited on Postgres or a
+  provider is taken out, so a slow dependency, which fewer requests in flight would not
+  make faster, does not shrink the limit.
   ``algorithm: "gradient2"`` (Netflix's, against a long-term average) and
   ``mode: "static"`` (the limit fixed) stay for comparison.
 * **Priorities** (``critical``, ``normal``, ``best_effort``): each has a guaranteed share
@@ -341,9 +341,10 @@ class ConcurrencyLimitMiddleware:
                 level, started, waited, token = admitted
                 stop_counting_dependency_wait(token)
                 served = response is not None and response.status_code < 500
-                # The limit follows the process's own latency, weighed by the whole: time
-                # spent waiting on Postgres or a provider is not this process's queue, and
-                # fewer requests in flight would not shorten it (concurrency_limits).
+                # The limit follows the process's own latency: time spent waiting on
+                # Postgres or a provider is not this process's queue, and fewer requests
+                # in flight would not shorten it (concurrency_limits). The wait goes along
+                # for the dashboard.
                 total = time.monotonic() - started
                 rtt = max(0.0, total - waited[0])
                 state = limiter()

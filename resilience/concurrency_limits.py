@@ -311,11 +311,11 @@ class Gradient2Limit:
         self._long_count = 0
 
     def sample(self, rtt_s: float, started_s: float, waited_s: float = 0.0) -> None:
-        """One completed request; moves the limit once per window of samples. Its
-        latency is the whole of it, dependency waits included, as Netflix's."""
-        window = self._windows.add(rtt_s + waited_s)
+        """One completed request; moves the limit once per window of samples. It follows
+        the same own latency as the minRTT gradient, so the two compare on one signal."""
+        window = self._windows.add(rtt_s, waited_s)
         if window is not None:
-            latencies, _ = window
+            latencies, self.wait_rtt = window
             self._update(sum(latencies) / len(latencies))
 
     def _update(self, short: float) -> None:
