@@ -21,6 +21,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
 from accounts.models import User
+from resilience import degrade
 from resilience.errors import DEGRADE_ON
 
 # Each process refreshes a token's cached copy at most this often: one Redis write per
@@ -76,7 +77,8 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str):
         try:
             user, token = super().authenticate_credentials(key)
-        except DEGRADE_ON:
+        except DEGRADE_ON as exc:
+            degrade.or_raise(exc)
             user = remembered_user(key)
             if user is None:
                 raise

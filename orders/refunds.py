@@ -38,7 +38,7 @@ from common.errors import ErrorCode
 from orders.models import ORDER_TRANSITIONS, Order, OrderStatus, Refund, RefundStatus
 from orders.payments import PAYMENTS
 from orders.selectors import order_get
-from resilience import metrics, sweeps
+from resilience import degrade, metrics, sweeps
 from resilience.db_routing import current_alias
 from resilience.errors import PolicyRefusal, Refusal
 from resilience.http import client
@@ -157,6 +157,7 @@ def _ask(refund: Refund, *, retry: bool) -> tuple[str, dict[str, Any]]:
         logger.warning("refund declined", extra={"refund_id": str(refund.id), "status": exc.status})
         return RefundStatus.FAILED, {}
     except Refusal as exc:  # payments cannot be asked now: the refund stays pending
+        degrade.or_raise(exc)
         fields: dict[str, Any] = {"reason": type(exc).__name__}
         if isinstance(exc, PolicyRefusal):  # our own "not now": payments was not even called
             fields["refused_for_s"] = exc.retry_after_s or 0.0

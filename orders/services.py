@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from orders.models import ORDER_TRANSITIONS, Order, OrderItem, OrderStatus
 from orders.payments import PaymentDeclinedError, payments_authorize
-from resilience import metrics, sweeps
+from resilience import degrade, metrics, sweeps
 from resilience.db_routing import current_alias
 from resilience.errors import PolicyRefusal, Refusal
 from resilience.idempotency import IdempotencyContext
@@ -126,6 +126,7 @@ def _authorize(order: Order, *, retry: bool) -> tuple[str, dict[str, Any]]:
         logger.info("payment declined", extra={"order_id": str(order.id), "status": exc.status})
         return OrderStatus.FAILED, {}
     except Refusal as exc:  # payments cannot be asked now: accepted as pending_payment
+        degrade.or_raise(exc)
         fields = {"reason": type(exc).__name__}
         if isinstance(exc, PolicyRefusal):  # our own "not now": payments was not even called
             fields["refused_for_s"] = exc.retry_after_s or 0.0

@@ -20,10 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from django.conf import settings
 from django.core.cache import cache
 
-from resilience import metrics
+from resilience import degrade, metrics
 from resilience.errors import DEGRADE_ON
 
 T = TypeVar("T")
@@ -62,8 +61,9 @@ def read_through(
         return Read(entry["value"])
     try:
         value = compute()
-    except DEGRADE_ON:
-        if settings.RESILIENCE_ENABLED and entry is not None and now - entry["stored_at"] < stale_s:
+    except DEGRADE_ON as exc:
+        degrade.or_raise(exc)
+        if entry is not None and now - entry["stored_at"] < stale_s:
             metrics.DEGRADED_RESPONSES.labels(dependency, "stale_cache").inc()
             return Read(entry["value"], stale=True, age_s=now - entry["stored_at"])
         raise

@@ -274,3 +274,35 @@ def test_a_sweep_that_cannot_publish_leaves_the_orders_due(payments, user, monke
     with pytest.raises(ConnectionError):
         tasks.sweep_deferred_payments()
     assert Order.objects.get().next_payment_attempt_at <= timezone.now()  # due again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_the_patterns_a_payments_outage_is_a_503_and_the_retry_pays_the_order(
+    payments, user, auth_client, settings
+):
+    """Deferral is graceful degradation, declared through ``resilience.degrade``: the
+    baseline (RESILIENCE_ENABLED=false) answers the documented 503 with Retry-After that
+    the refusal is, and the client's retry with the same key pays the order once."""
+    key = f"baseline-{time.monotonic_ns()}"
+    payments.set_faults(error_rate=1.0, error_status=503, retry_after=0)
+    settings.RESILIENCE_ENABLED = True
+    deferred = auth_client.post(
+        "/api/v1/orders", ORDER, format="json", HTTP_IDEMPOTENCY_KEY=f"{key}-on"
+    )
+    assert (deferred.status_code, deferred.json()["status"]) == (201, "pending_payment")
+
+    settings.RESILIENCE_ENABLED = False
+    refused = auth_client.post("/api/v1/orders", ORDER, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert refused.status_code == 503
+    assert refused["Content-Type"].startswith("application/problem+json")
+    assert int(refused["Retry-After"]) >= 1
+    assert refused.json()["code"] == "dependency_unavailable"
+
+    payments.reset()
+    retried = auth_client.post("/api/v1/orders", ORDER, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert (retried.status_code, retried.json()["status"]) == (201, "paid")
+    # Two orders: the deferred one, and the refused attempt's, resumed and paid once.
+    assert sorted(Order.objects.filter(owner=user).values_list("status", flat=True)) == [
+        "paid",
+        "pending_payment",
+    ]
