@@ -15,13 +15,9 @@ from __future__ import annotations
 from django.conf import settings
 
 
-def enabled() -> bool:
-    """Are degraded answers on? (Off only in the baseline without the patterns.)"""
-    return bool(settings.RESILIENCE_ENABLED)
-
-
 def or_raise(exc: BaseException) -> None:
     """In an ``except`` block about to answer degraded: re-raise ``exc`` when degraded
-    answers are off, else return and let the block answer."""
-    if not enabled():
+    answers are off (only in the baseline without the patterns), else return and let
+    the block answer."""
+    if not settings.RESILIENCE_ENABLED:
         raise exc
