@@ -239,8 +239,7 @@ class Command(BaseCommand):
         from chaos.scenarios import SCENARIOS
 
         names = [n.strip() for n in only.split(",")] if only else list(SCENARIOS)
-        kwargs = {
-            "duration_s": options["duration"],
+        kwargs = {  # and each scenario's duration_s, below
             "steady_s": options["steady"],
             "seed": options["seed"],
             "load": "collapse",
