@@ -14,12 +14,13 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from resilience.errors import Refusal, as_refusal
+from resilience.errors import as_refusal
 from resilience.problems import (
     PROBLEM_CONTENT_TYPE,
     ProblemCode,
     ProblemError,
     error_body,
+    not_logged_unless,
     problem_body,
 )
 from resilience.ratelimit.business import ratelimited_to_problem
@@ -98,11 +99,4 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     response = Response(
         body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE
     )
-    if isinstance(exc, Refusal):
-        # A documented refusal (503 or 429 with Retry-After: a breaker open, a bulkhead
-        # full, the database unavailable) is counted, not logged: Django would log each
-        # 5xx at ERROR, thousands a second in an outage, on the cores that answer them
-        # (postgres-down: refusals took 0.2 s in the seconds the logs were busiest).
-        # The breaker's transitions, the refusal metrics and the status counts tell.
-        response._has_been_logged = True  # the flag django.utils.log.log_response honours
-    return response
+    return not_logged_unless(exc, response) if isinstance(exc, ProblemError) else response

@@ -393,9 +393,4 @@ def shed(request: HttpRequest, decision: ShedDecision) -> HttpResponse:
     error = OverloadedError(
         priority=decision.priority, reason=decision.reason, retry_after_s=retry_after
     )
-    response = error_response(request, error)
-    # Counted above, not logged: Django would log every 5xx at ERROR ("Service
-    # Unavailable: ..."), which costs as much CPU as the shed itself and floods the logs
-    # exactly when the node is overloaded. The metric and LoadSheddingActive tell.
-    response._has_been_logged = True  # the flag django.utils.log.log_response honours
-    return response
+    return error_response(request, error)  # counted above, not logged (ProblemError.logged)

@@ -47,6 +47,7 @@ class Refusal(ProblemError):
     status = 503
     code = ProblemCode.DEPENDENCY_UNAVAILABLE
     title = "Service temporarily unavailable"
+    logged = False  # counted (refusal metrics, status counts), not logged: ProblemError
 
     def __init__(
         self,

@@ -63,6 +63,18 @@ def test_the_flood_limit_refuses_before_authentication_as_problem_json(api_clien
     assert int(response["Retry-After"]) >= 1
 
 
+def test_a_flood_refusal_is_counted_not_logged_by_django(api_client, flood, caplog):
+    # A flood is thousands of refusals a second: Django's WARNING line for each 429 cost
+    # as much CPU as the refusal itself, on the cores the flood already takes.
+    with caplog.at_level("WARNING", logger="django.request"):
+        exhaust(api_client)  # three 401s: answers, not refusals, and logged as before
+        assert len([r for r in caplog.records if r.name == "django.request"]) == 3
+        caplog.clear()
+        refused = api_client.get(ME)
+    assert refused.status_code == 429
+    assert not [r for r in caplog.records if r.name == "django.request"]
+
+
 def test_spoofed_forwarded_for_from_an_untrusted_client_changes_nothing(api_client, flood):
     exhaust(api_client, HTTP_X_FORWARDED_FOR="198.51.100.1")
     for fake in ("198.51.100.2", "203.0.113.5, 198.51.100.3", "garbage"):
