@@ -350,8 +350,8 @@ SCENARIOS: dict[str, Scenario] = {
             tail_s=overload.TAIL_S,
             healthy_when=overload.healthy,
             summary=(
-                "A traffic spike to 3x the stack's measured capacity, every priority class "
-                "in the mix, nothing failing"
+                "A traffic spike to 3x the steady load (1.8x the stack's measured capacity), "
+                "every priority class in the mix, nothing failing"
             ),
             fault=LoadSpike(3.0),
             dependency="",  # no breaker: the load shedder (resilience.concurrency)

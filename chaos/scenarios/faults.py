@@ -174,14 +174,15 @@ class KillRedis:
 
 @dataclass(frozen=True)
 class LoadSpike:
-    """No dependency fails: the traffic itself rises to ``times_capacity`` x the capacity
-    the run measured (the runner changes its rate at inject and heal)."""
+    """No dependency fails: the traffic itself rises to ``times_steady`` x its steady
+    load, a fraction of the capacity the run measured (the runner changes its rate at
+    inject and heal)."""
 
-    times_capacity: float = 3.0
+    times_steady: float = 3.0
 
     @property
     def description(self) -> str:
-        return f"open-loop traffic raised to {self.times_capacity:g}x the measured capacity"
+        return f"open-loop traffic raised to {self.times_steady:g}x its steady load"
 
     def inject(self, endpoints: Endpoints) -> None:
         """Nothing to break on the stack: the runner raises the traffic's rate."""

@@ -18,6 +18,7 @@ from chaos.scenarios.faults import Endpoints, LoadSpike
 from chaos.scenarios.load import (
     CAPACITY_CLIENTS_PER_THREAD,
     CAPACITY_MEASURE_S,
+    CAPACITY_WARMUP_S,
     COLLAPSE_CEILING_RPS,
     LoadPlan,
     StackSettings,
@@ -339,17 +340,20 @@ def _plan_on_measured_capacity(
     machine varies by a factor of 2 or more between hosts).
     """
     stack, traffic = ctx.endpoints.settings, ctx.traffic
-    clients = CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads
+    clients = max(1, round(CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads))
     if given is None:
         quiet = read_latency(ctx.endpoints.base_url, ctx.users[0])
-        how = f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
+        how = (
+            f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
+            f" after {CAPACITY_WARMUP_S:g} s of warm-up"
+        )
         # Its own Traffic (never started): the run's client and mix, not the run's samples.
         probe = Traffic(
             ctx.endpoints.base_url,
             ctx.users,
             rps=1.0,
             t0=time.monotonic(),
-            max_seconds=CAPACITY_MEASURE_S + 60,
+            max_seconds=CAPACITY_WARMUP_S + CAPACITY_MEASURE_S + 60,
             max_requests=10**6,
             mix=traffic.mix,
             seed=1,
