@@ -127,6 +127,7 @@ class Config:
     min_rtt_max_s: float
     min_rtt_concurrency: int
     min_rtt_buffer: float
+    min_rtt_pin_wait_s: float
     shares: dict[str, float]
     queue_budgets_s: dict[str, float]
     standing_queue_budgets_s: dict[str, float]
@@ -171,6 +172,7 @@ def _build_config() -> Config:
         min_rtt_max_s=min_rtt["max_s"],
         min_rtt_concurrency=min_rtt["concurrency"],
         min_rtt_buffer=min_rtt["buffer"],
+        min_rtt_pin_wait_s=min_rtt["pin_wait_s"],
         shares={name: classes[name]["share"] for name in PRIORITIES},
         queue_budgets_s={name: classes[name]["queue_budget_s"] for name in PRIORITIES},
         standing_queue_budgets_s={
@@ -238,7 +240,9 @@ class ConcurrencyLimiter:
         self.gradient = concurrency_limits.build(cfg, clock)
         self.queue = QueueWatch(cfg, clock=clock)
         self.in_flight = dict.fromkeys(PRIORITIES, 0)
+        self.pin_waiting = 0  # requests waiting for a slot under a minRTT pin
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
 
     @property
     def limit(self) -> int:
@@ -253,23 +257,52 @@ class ConcurrencyLimiter:
         # static one). A share of less than one slot is none; that class borrows.
         return math.floor(limit * self.cfg.shares[level])
 
+    def _pinned(self) -> bool:
+        return self.cfg.mode == "adaptive" and getattr(self.gradient, "measuring", False)
+
     def try_acquire(self, level: str) -> ShedDecision | None:
-        """Take a slot for a request of class ``level``, or say why not."""
+        """Take a slot for a request of class ``level``, or say why not.
+
+        While the limit is pinned low to measure minRTT, a request beyond the pin waits
+        up to ``min_rtt_pin_wait_s`` for a slot instead of being shed at once: the pin
+        is the limiter's own doing, not overload, and at a healthy load a pinned slot
+        frees within one request's time. (Envoy sheds there; every chaos scenario at a
+        healthy load then had a few 503s it did not need: adr/0010.)
+        """
         with self._lock:
-            limit = self.limit
-            total = sum(self.in_flight.values())
-            if total >= limit:
-                return ShedDecision("limit", level)
-            if self.in_flight[level] >= self._guaranteed(level, limit):
-                # Borrowing: leave free the slots higher classes are owed and not using.
-                owed = sum(
-                    max(0, self._guaranteed(higher, limit) - self.in_flight[higher])
-                    for higher in PRIORITIES[: PRIORITIES.index(level)]
-                )
-                if limit - total - owed <= 0:
-                    return ShedDecision("priority", level)
-            self.in_flight[level] += 1
-            return None
+            decision = self._admit(level)
+            if decision is None or decision.reason != "limit" or not self._pinned():
+                return decision
+            deadline = time.monotonic() + self.cfg.min_rtt_pin_wait_s
+            self.pin_waiting += 1
+            try:
+                while decision is not None and decision.reason == "limit" and self._pinned():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._slot_freed.wait(remaining)
+                    decision = self._admit(level)
+            finally:
+                self.pin_waiting -= 1
+            metrics.CONCURRENCY_PIN_WAITS.labels("shed" if decision else "admitted").inc()
+            return decision
+
+    def _admit(self, level: str) -> ShedDecision | None:
+        """Under the lock: take a slot for ``level`` now, or say why not."""
+        limit = self.limit
+        total = sum(self.in_flight.values())
+        if total >= limit:
+            return ShedDecision("limit", level)
+        if self.in_flight[level] >= self._guaranteed(level, limit):
+            # Borrowing: leave free the slots higher classes are owed and not using.
+            owed = sum(
+                max(0, self._guaranteed(higher, limit) - self.in_flight[higher])
+                for higher in PRIORITIES[: PRIORITIES.index(level)]
+            )
+            if limit - total - owed <= 0:
+                return ShedDecision("priority", level)
+        self.in_flight[level] += 1
+        return None
 
     def release(
         self, level: str, rtt_s: float | None, started_s: float, waited_s: float = 0.0
@@ -282,7 +315,10 @@ class ConcurrencyLimiter:
             self.in_flight[level] -= 1
             if rtt_s is not None and self.cfg.mode == "adaptive":
                 self.gradient.sample(rtt_s, started_s, waited_s)
-            return self.limit
+            limit = self.limit
+            if self.pin_waiting:
+                self._slot_freed.notify_all()  # a slot, or the pin's end: every one looks
+            return limit
 
 
 def limiter() -> ConcurrencyLimiter:

@@ -127,6 +127,12 @@ CONCURRENCY_SHED = Counter(
     " (limit, priority, queue_time).",
     ["priority", "reason"],
 )
+CONCURRENCY_PIN_WAITS = Counter(
+    "resilience_concurrency_pin_waits_total",
+    "Requests that found the limit pinned for a minRTT measurement and waited for a slot"
+    " instead of being shed at once, by outcome (admitted, shed).",
+    ["outcome"],
+)
 CONCURRENCY_RTT = Gauge(
     "resilience_concurrency_rtt_seconds",
     "Request latency the adaptive limit follows: the process's own part of the last"

@@ -691,6 +691,10 @@ RESILIENCE_CONCURRENCY = {
         "max_s": env("CONCURRENCY_MIN_RTT_MAX_S", default=1.0, cast=float),
         "concurrency": env("CONCURRENCY_MIN_RTT_CONCURRENCY", default=3, cast=int),
         "buffer": env("CONCURRENCY_MIN_RTT_BUFFER", default=0.25, cast=float),
+        # A request beyond the pin waits this long for a slot before it is shed: the
+        # pin's 20 requests, 3 at a time, take 70 to 200 ms at a healthy 10 to 30 ms
+        # each, so a pinned slot frees within one request's time. 0: shed at once.
+        "pin_wait_s": env("CONCURRENCY_MIN_RTT_PIN_WAIT_S", default=0.1, cast=float),
     },
     # Shared by both algorithms: windows of window_s and at least min_window_samples
     # requests. Gradient2 (CONCURRENCY_LIMIT_ALGORITHM=gradient2, for comparison):

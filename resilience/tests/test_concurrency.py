@@ -11,7 +11,7 @@ import pytest
 from django.test import Client, RequestFactory
 
 from conftest import client_for
-from resilience import concurrency
+from resilience import concurrency, metrics
 from resilience.concurrency import ConcurrencyLimiter, priority_of
 from resilience.concurrency_limits import (
     WARM_UP_REQUESTS,
@@ -19,6 +19,7 @@ from resilience.concurrency_limits import (
     MinRttGradientLimit,
 )
 from resilience.tests.clock import Clock
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("no_rate_limits", "load_shedding")
 
@@ -488,3 +489,56 @@ def test_over_the_limit_orders_get_a_fast_documented_503_and_reads_of_higher_cla
     assert {code for _, _, code in shed} == {"overloaded"}
     # Shedding costs far less than serving: no payments wait, no database work.
     assert max(t for _, t, _ in shed) < min(t for _, t, _ in served)
+
+
+def pinned_limiter(cfg, **changes) -> tuple[ConcurrencyLimiter, Clock]:
+    """A limiter whose minRTT measurement has just begun: its limit is pinned."""
+    clock = Clock()
+    state = ConcurrencyLimiter(dataclasses.replace(cfg, **changes), clock=clock)
+    for _ in range(WARM_UP_REQUESTS + 1 + cfg.min_rtt_requests):
+        state.gradient.sample(0.010, clock.now)
+    clock.now += cfg.min_rtt_interval_s
+    state.gradient.sample(0.010, clock.now)
+    assert state.gradient.measuring
+    assert state.limit == cfg.min_rtt_concurrency
+    for _ in range(cfg.min_rtt_concurrency):
+        assert state.try_acquire("critical") is None
+    return state, clock
+
+
+def pin_waits(outcome: str) -> float:
+    return metrics.CONCURRENCY_PIN_WAITS.labels(outcome)._value.get()
+
+
+def test_a_request_beyond_a_min_rtt_pin_waits_for_a_slot_instead_of_being_shed(cfg):
+    """The pin is the limiter's own measurement, not overload: at a healthy load a pinned
+    slot frees within one request's time, and shedding there was a 503 for nothing."""
+    state, clock = pinned_limiter(cfg, min_rtt_pin_wait_s=10.0)
+    admitted_before = pin_waits("admitted")
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(state.try_acquire("critical")))
+    waiter.start()
+    try:
+        wait_for(lambda: state.pin_waiting == 1, timeout=5, what="a request waiting on the pin")
+        assert outcome == []  # waiting, not shed
+    finally:
+        state.release("critical", 0.010, clock.now)  # a pinned request finishes
+        waiter.join(timeout=5)
+    assert outcome == [None]  # admitted under the pin
+    assert state.in_flight["critical"] == cfg.min_rtt_concurrency
+    assert pin_waits("admitted") - admitted_before == 1
+
+
+def test_a_pin_that_frees_no_slot_in_time_sheds_and_no_pin_sheds_at_once(cfg):
+    state, clock = pinned_limiter(cfg, min_rtt_pin_wait_s=0.05)
+    shed_before = pin_waits("shed")
+    decision = state.try_acquire("critical")  # nothing finishes within the wait
+    assert decision is not None
+    assert decision.reason == "limit"
+    assert pin_waits("shed") - shed_before == 1
+    clock.now += cfg.min_rtt_max_s  # the pin's time is up: the limit is the estimate
+    assert state.limit > cfg.min_rtt_concurrency
+    assert not state.gradient.measuring
+    while state.try_acquire("critical") is None:  # fill the real limit
+        assert sum(state.in_flight.values()) <= cfg.max_limit
+    assert pin_waits("shed") - shed_before == 1  # over the real limit: shed, no wait
