@@ -74,6 +74,8 @@ def _preinitialise_concurrency() -> None:
     for level in PRIORITIES:
         for reason in SHED_REASONS:
             metrics.CONCURRENCY_SHED.labels(level, reason)
+    for outcome in ("admitted", "shed"):
+        metrics.CONCURRENCY_PIN_WAITS.labels(outcome)
     metrics.CONCURRENCY_LIMIT.set(limiter().limit)
     for window in ("short", "long"):
         metrics.CONCURRENCY_RTT.labels(window).set(0)

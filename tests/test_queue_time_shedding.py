@@ -88,10 +88,12 @@ def test_a_request_queued_past_its_budget_is_shed_when_a_thread_takes_it(tmp_pat
 
 @pytest.mark.parametrize(("order", "served_first"), [("adaptive_lifo", "CBA"), ("fifo", "ABC")])
 def test_a_standing_thread_queue_serves_the_newest_first(tmp_path, order, served_first):
-    """Two threads: one held 0.8 s, one 2 s. A, B, C queue 0.1 s apart behind them; when
+    """Two threads: one held 1.6 s, one 4 s. A, B, C queue 0.2 s apart behind them; when
     the first thread frees, adaptive LIFO serves C, then B, then A (gunicorn's FIFO: A, B,
-    C), all before the second thread frees. The budgets are long here so that nothing in
-    the queue has expired (the oldest-first rule for what will be shed is unit-tested)."""
+    C), all before the second thread frees. (With 0.8 s, 2 s and 0.1 s, a busy CI host
+    once let C arrive after the first thread had freed: "BAC".) The budgets are long here
+    so that nothing in the queue has expired (the oldest-first rule for what will be shed
+    is unit-tested)."""
     port = free_port()
     env = one_process(
         tmp_path,
@@ -114,12 +116,12 @@ def test_a_standing_thread_queue_serves_the_newest_first(tmp_path, order, served
 
     with running(GUNICORN_COMMAND, env=env, log_path=tmp_path / "web.log"):
         wait_for(lambda: http_request("GET", f"{base}/healthz").status == 200, timeout=30)
-        holders = hold_threads(base, tmp_path, [0.8, 2.0])
+        holders = hold_threads(base, tmp_path, [1.6, 4.0])
         probes = [threading.Thread(target=probe, args=(name,)) for name in "ABC"]
         spacing = threading.Event()  # never set: its wait is the gap between arrivals
         for thread in probes:
             thread.start()
-            spacing.wait(0.1)
+            spacing.wait(0.2)
         for thread in [*probes, *holders]:
             thread.join(10)
     assert "".join(answered) == served_first

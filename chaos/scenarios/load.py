@@ -52,7 +52,8 @@ COLLAPSE_CEILING_RPS = 60.0
 # below its thread count, and more clients only queue, which the shedder cuts. With
 # one client per thread it shed 176 to 511 requests of each 6 s measurement and
 # measured 140 to 192 answers/s over four in a row; with half, 12 to 34 after the
-# first and 198 to 208 answers/s (adr/0010).
+# first and 198 to 208 answers/s (adr/0010; `python manage.py chaos capacity` measures
+# it as the runs do, probe by probe).
 CAPACITY_CLIENTS_PER_THREAD = 0.5
 CAPACITY_WARMUP_S = 1.0
 CAPACITY_MEASURE_S = 6.0

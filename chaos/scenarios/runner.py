@@ -7,7 +7,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -334,6 +334,48 @@ def _first_plan(
     return LoadPlan(mode="steady", rps=rps)
 
 
+def measure_stack_capacity(
+    endpoints: Endpoints,
+    users: list[User],
+    mix: dict[str, float],
+    known_orders: Iterable[tuple[int, list[str]]] = (),
+) -> tuple[float, str, Counter[int]]:
+    """The stack's healthy capacity: successful answers per second of ``mix``, closed
+    loop (chaos.scenarios.load.measure_capacity), then until reads are as fast as
+    before. Returns it, how it was measured, and the probe's answers by status.
+    ``python manage.py chaos capacity`` prints it several times in a row."""
+    stack = endpoints.settings
+    clients = max(1, round(CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads))
+    quiet = read_latency(endpoints.base_url, users[0])
+    how = (
+        f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
+        f" after {CAPACITY_WARMUP_S:g} s of warm-up"
+    )
+    # Its own Traffic (never started): the run's client and mix, not the run's samples.
+    probe = Traffic(
+        endpoints.base_url,
+        users,
+        rps=1.0,
+        t0=time.monotonic(),
+        max_seconds=CAPACITY_WARMUP_S + CAPACITY_MEASURE_S + 60,
+        max_requests=10**6,
+        mix=mix,
+        seed=1,
+    )
+    for user, ids in known_orders:
+        probe.know_orders(user, ids)
+    capacity = measure_capacity(
+        probe.operations,
+        probe.pick,
+        lambda: sum(1 for s in probe.snapshot() if s.status in (200, 201)),
+        users=len(users),
+        clients=clients,
+    )
+    settled = wait_quiet(endpoints.base_url, users[0], quiet, SETTLE_TIMEOUT_S)
+    how += f"; reads back to their quiet latency {settled:.1f} s after"
+    return capacity, how, Counter(s.status for s in probe.snapshot())
+
+
 def _plan_on_measured_capacity(
     ctx: RunContext, mode: str, given: float | None, max_seconds: float, ceiling: float
 ) -> LoadPlan:
@@ -345,35 +387,10 @@ def _plan_on_measured_capacity(
     machine varies by a factor of 2 or more between hosts).
     """
     stack, traffic = ctx.endpoints.settings, ctx.traffic
-    clients = max(1, round(CAPACITY_CLIENTS_PER_THREAD * stack.web_workers * stack.web_threads))
     if given is None:
-        quiet = read_latency(ctx.endpoints.base_url, ctx.users[0])
-        how = (
-            f"closed loop, {clients} clients, {CAPACITY_MEASURE_S:g} s"
-            f" after {CAPACITY_WARMUP_S:g} s of warm-up"
+        capacity, how, _ = measure_stack_capacity(
+            ctx.endpoints, ctx.users, traffic.mix, enumerate(traffic.known_orders())
         )
-        # Its own Traffic (never started): the run's client and mix, not the run's samples.
-        probe = Traffic(
-            ctx.endpoints.base_url,
-            ctx.users,
-            rps=1.0,
-            t0=time.monotonic(),
-            max_seconds=CAPACITY_WARMUP_S + CAPACITY_MEASURE_S + 60,
-            max_requests=10**6,
-            mix=traffic.mix,
-            seed=1,
-        )
-        for user, ids in enumerate(traffic.known_orders()):
-            probe.know_orders(user, ids)
-        capacity = measure_capacity(
-            probe.operations,
-            probe.pick,
-            lambda: sum(1 for s in probe.snapshot() if s.status in (200, 201)),
-            users=len(ctx.users),
-            clients=clients,
-        )
-        settled = wait_quiet(ctx.endpoints.base_url, ctx.users[0], quiet, SETTLE_TIMEOUT_S)
-        how += f"; reads back to their quiet latency {settled:.1f} s after"
     else:
         capacity, how = given, "measured on the resilient run's stack"
     if mode == "capacity":

@@ -357,3 +357,22 @@ def test_slow_after_open_uses_the_servers_time_on_the_dependency_when_answers_ca
     assert (slow["count"], slow["by_class"]) == (2, {"orders": 2})
     assert slow["client_count"] == 3  # the queued read too, as the client saw it
     assert slow["waits_s"] == [5.0, 0.8]
+
+
+def test_the_capacity_command_measures_a_harness_stack_probe_by_probe(django_db_blocker):
+    """`chaos capacity`: the measurement overload and the collapse loads run first,
+    printed once per probe with its answers by status (the figures of adr/0010)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    with django_db_blocker.unblock():  # the users are written into the test database
+        call_command("chaos", "capacity", "--repeat", "2", "--users", "20", stdout=out)
+    probes = [line for line in out.getvalue().splitlines() if line[:2] in ("1:", "2:")]
+    assert len(probes) == 2, out.getvalue()
+    for line in probes:
+        assert float(line.split()[1]) > 0, line
+        assert "closed loop" in line, line
+        assert "s of warm-up" in line, line
+        assert "200:" in line, line

@@ -564,7 +564,7 @@ RESILIENCE = {
             },
             # Process-local: the breaker that guards Redis cannot keep its state there.
             # Half of the last 100 calls: one stall of Redis or of a saturated host
-            # (tens of ms, up to 180 measured on 2 busy cores) times out every call in
+            # (tens of ms, 183 ms measured on 2 busy cores) times out every call in
             # flight at once, up to a process's 16 threads, and that is no outage; a
             # hang fails 50 calls within about three 50 ms timeouts per thread. Three
             # failures in a row opened it on such a stall (adr/0010, adr/0003).

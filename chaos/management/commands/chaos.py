@@ -106,6 +106,16 @@ class Command(BaseCommand):
         every.add_argument("--only", help="comma-separated scenario names (default: all)")
         every.add_argument("--seed", type=int, default=7)
         every.add_argument("--max-rps", type=float, default=COLLAPSE_CEILING_RPS)
+        capacity = sub.add_parser(
+            "capacity",
+            help="measure a harness stack's healthy capacity several times in a row, as "
+            "overload and the collapse loads measure it (statuses of each probe printed)",
+        )
+        capacity.add_argument("--repeat", type=int, default=4)
+        capacity.add_argument("--users", type=int, default=1000)
+        capacity.add_argument(
+            "--baseline", action="store_true", help="the stack with RESILIENCE_ENABLED=false"
+        )
         inject = sub.add_parser("inject", parents=[where], help="inject a scenario's fault")
         inject.add_argument("scenario")
         heal = sub.add_parser("heal", parents=[where], help="heal one scenario's fault, or all")
@@ -153,6 +163,34 @@ class Command(BaseCommand):
         for scenario in SCENARIOS.values():
             needs = f" [needs: {', '.join(sorted(scenario.needs))}]" if scenario.needs else ""
             self.stdout.write(f"{scenario.name:<22} {scenario.summary}{needs}")
+
+    def _capacity(self, *, repeat: int, users: int, baseline: bool, **_: Any) -> None:
+        import tempfile
+
+        from chaos.scenarios import SCENARIOS
+        from chaos.scenarios.runner import measure_stack_capacity
+        from chaos.scenarios.stack import LocalStack
+        from chaos.scenarios.traffic import make_users
+
+        if not 1 <= repeat <= 20 or not 1 <= users <= 5000:
+            raise CommandError("--repeat must be within 1..20 and --users within 1..5000")
+        mix = SCENARIOS["overload"].mix
+        with (
+            tempfile.TemporaryDirectory(prefix="chaos-capacity-") as workdir,
+            LocalStack(
+                database_url=self._database_url(),
+                workdir=Path(workdir),
+                base_env=self._base_env(),
+                resilience_enabled=not baseline,
+                proxied=False,  # as overload runs: its Celery worker takes CPU too
+            ) as endpoints,
+        ):
+            pool = make_users(endpoints.base_url, users)
+            self.stdout.write(f"{endpoints.label}; {users} users; the overload mix {mix}")
+            for run in range(1, repeat + 1):
+                rate, how, statuses = measure_stack_capacity(endpoints, pool, mix)
+                answers = dict(sorted(statuses.items()))
+                self.stdout.write(f"{run}: {rate:.1f} answers/s ({how}); by status {answers}")
 
     def _inject(self, *, scenario: str, **options: Any) -> None:
         chosen = self._scenario(scenario)
@@ -289,18 +327,25 @@ class Command(BaseCommand):
             self.stdout.write(f"  {mark} {check.name}: {check.detail}")
         self.stdout.write(f"verdict: {'PASS' if ctx.passed else 'FAIL'}")
 
-    def _run_local(self, chosen, *, resilience: bool, **kwargs: Any):
+    @staticmethod
+    def _database_url() -> str:
+        db = connections["default"].settings_dict
+        return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+    @staticmethod
+    def _base_env() -> dict[str, str]:
         import os
 
-        from chaos.scenarios import run_scenario
-        from chaos.scenarios.stack import LocalStack
-
-        db = connections["default"].settings_dict
-        database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        base_env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
         # The in-thread simulators and proxy log every request; keep the output readable.
         for name in ("chaos.payments", "chaos.receiver", "chaos.proxy"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        return {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
+
+    def _run_local(self, chosen, *, resilience: bool, **kwargs: Any):
+        from chaos.scenarios import run_scenario
+        from chaos.scenarios.stack import LocalStack
+
+        database_url, base_env = self._database_url(), self._base_env()
         label = "resilient" if resilience else "baseline"
         kwargs["log"](f"starting a {label} harness stack (RESILIENCE_ENABLED={resilience})")
         keep_logs = kwargs.pop("keep_logs", None)
