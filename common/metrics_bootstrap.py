@@ -69,12 +69,12 @@ def preinitialise() -> None:
 def _preinitialise_concurrency() -> None:
     # Every shed series exists from the first scrape (the LoadSheddingActive alert uses
     # increase()); the latencies read 0 until the first window of requests is measured.
-    from resilience.concurrency import PRIORITIES, SHED_REASONS, limiter
+    from resilience.concurrency import PIN_WAIT_OUTCOMES, PRIORITIES, SHED_REASONS, limiter
 
     for level in PRIORITIES:
         for reason in SHED_REASONS:
             metrics.CONCURRENCY_SHED.labels(level, reason)
-    for outcome in ("admitted", "shed"):
+    for outcome in PIN_WAIT_OUTCOMES:
         metrics.CONCURRENCY_PIN_WAITS.labels(outcome)
     metrics.CONCURRENCY_LIMIT.set(limiter().limit)
     for window in ("short", "long"):

@@ -58,6 +58,7 @@ from resilience.problems import error_response
 
 PRIORITIES = ("critical", "normal", "best_effort")  # highest first
 SHED_REASONS = ("limit", "priority", "queue_time")
+PIN_WAIT_OUTCOMES = ("admitted", "shed")  # of a request that waited on a minRTT pin
 QUEUE_START_HEADERS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
 V = TypeVar("V")
 
@@ -284,7 +285,8 @@ class ConcurrencyLimiter:
                     decision = self._admit(level)
             finally:
                 self.pin_waiting -= 1
-            metrics.CONCURRENCY_PIN_WAITS.labels("shed" if decision else "admitted").inc()
+            admitted, shed = PIN_WAIT_OUTCOMES
+            metrics.CONCURRENCY_PIN_WAITS.labels(shed if decision else admitted).inc()
             return decision
 
     def _admit(self, level: str) -> ShedDecision | None:

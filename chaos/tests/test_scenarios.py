@@ -140,8 +140,8 @@ def test_scenario(name, stack, capsys, django_db_blocker):
 
 def test_a_spike_is_shed_lowest_class_first_and_nothing_is_lost(stack, capsys, django_db_blocker):
     """overload, compressed: 3x a steady load sized on the capacity it measures on the
-    stack as shipped. The
-    goodput and p99 figures are the report's (make chaos-report), printed here."""
+    stack as shipped. The goodput and p99 figures are the report's (make chaos-report),
+    printed here."""
     ctx = _experiment("overload", stack, django_db_blocker)
     by_name = {c.name: c for c in ctx.checks}
     spike = ctx.summary["priorities"]["spike"]
